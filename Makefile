@@ -1,0 +1,50 @@
+# mmgate — `make test` runs everything (unit + end-to-end against a real Mattermost),
+# installing what it needs. `make bench` prints the performance figures.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO ?= go
+PEERS_ENV := test/peers/.env
+
+.PHONY: all build test unit e2e peers peers-stop bench fuzz lint vet fmt clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o bin/mmgate ./cmd/mmgate
+
+# Everything: static checks, unit tests with the race detector, then the
+# end-to-end suite against the real peers (installed and started if missing).
+test: lint peers
+	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 $(GO) test -race -count=1 -timeout 30m ./...
+
+unit:
+	$(GO) test -race -count=1 ./internal/... ./cmd/...
+
+e2e: peers
+	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 $(GO) test -count=1 -timeout 30m -v ./test/e2e/...
+
+peers:
+	bash test/peers/up.sh
+
+peers-stop:
+	bash test/peers/mattermost.sh stop
+
+bench: peers
+	bash test/bench/run.sh
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/mailparse
+	$(GO) test -run '^$$' -fuzz FuzzSession -fuzztime 60s ./internal/intake/smtp
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

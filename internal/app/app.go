@@ -1,0 +1,220 @@
+// Package app wires mmgate together: it turns a validated configuration into a
+// spool, a relay, the intakes and the HTTP server, starts them, and stops them
+// in order on a signal (intakes first, so nothing new is acknowledged, then the
+// workers, then storage). It owns no behaviour of its own.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mmgate/mmgate/internal/config"
+	"github.com/mmgate/mmgate/internal/directory/static"
+	"github.com/mmgate/mmgate/internal/httpapi"
+	smtpintake "github.com/mmgate/mmgate/internal/intake/smtp"
+	"github.com/mmgate/mmgate/internal/mattermost"
+	"github.com/mmgate/mmgate/internal/relay"
+	"github.com/mmgate/mmgate/internal/route"
+	"github.com/mmgate/mmgate/internal/spool"
+)
+
+// NewLogger builds the process logger from the config.
+func NewLogger(c config.LogConfig) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// OpenSpool opens the configured spool; h may be nil (administration only).
+func OpenSpool(ctx context.Context, cfg config.Config, h spool.Handler, log *slog.Logger) (*spool.Spool, error) {
+	return spool.Open(ctx, spool.Options{
+		Path:         cfg.SpoolPath(),
+		BlobDir:      cfg.BlobDir(),
+		Logger:       log,
+		Handler:      h,
+		Workers:      cfg.Relay.Workers,
+		PollInterval: cfg.Relay.PollInterval,
+		JobTimeout:   cfg.Relay.JobTimeout,
+		RetryMin:     cfg.Spool.RetryMin,
+		RetryMax:     cfg.Spool.RetryMax,
+		MaxRetryAge:  cfg.Spool.MaxRetryAge,
+		Retention:    cfg.Spool.Retention,
+		BodyLimit:    cfg.SMTP.MaxMessageBytes,
+	})
+}
+
+// Server is a running mmgate.
+type Server struct {
+	cfg   config.Config
+	log   *slog.Logger
+	spool *spool.Spool
+	smtp  *smtpintake.Server
+	http  *http.Server
+	smtpL net.Listener
+	httpL net.Listener
+}
+
+// SMTPAddr is the SMTP listener's address (useful with port 0).
+func (s *Server) SMTPAddr() net.Addr {
+	if s.smtpL == nil {
+		return nil
+	}
+	return s.smtpL.Addr()
+}
+
+// HTTPAddr is the HTTP listener's address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpL.Addr() }
+
+// Start builds and starts everything. cfg must have passed Validate.
+func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+	router, err := route.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	apps := map[string]*relay.App{}
+	var creds []smtpintake.Credential
+	checks := map[string]httpapi.Check{}
+	for name, a := range cfg.Apps {
+		tok, err := a.BotToken.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
+		}
+		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log})
+		apps[name] = &relay.App{Name: name, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
+			MaxAttachmentBytes: a.MaxAttachmentBytes}
+		checks["mattermost:"+name] = func(ctx context.Context) error {
+			if _, err := cl.Me(ctx); err != nil {
+				return fmt.Errorf("bot token of app %s: %w", name, err)
+			}
+			return nil
+		}
+		if a.SMTP.Password.IsSet() {
+			pw, err := a.SMTP.Password.Resolve()
+			if err != nil {
+				return nil, fmt.Errorf("apps.%s.smtp.password: %w", name, err)
+			}
+			creds = append(creds, smtpintake.Credential{Username: a.SMTPUsername(name), Password: pw, App: name})
+		}
+	}
+	for i, rc := range cfg.SMTP.RelayCredentials {
+		pw, err := rc.Password.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("smtp.relay_credentials[%d].password: %w", i, err)
+		}
+		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
+	}
+	var dir relay.Directory
+	if cfg.Directory.File != "" {
+		d, err := static.Load(cfg.Directory.File)
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	}
+	spill := filepath.Join(cfg.DataDir, "tmp")
+	if err := os.MkdirAll(spill, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log}
+	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
+		Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes, SpillDir: spill,
+		Logger: log.With("component", "relay")})
+	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
+	if err != nil {
+		return nil, err
+	}
+	s.spool = sp
+	rel.SetSpool(sp)
+	checks["spool"] = sp.Writable
+
+	fail := func(err error) (*Server, error) {
+		s.Stop(context.Background())
+		return nil, err
+	}
+	if cfg.SMTP.Enabled {
+		var tc *tls.Config
+		if cfg.SMTP.TLS.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.SMTP.TLS.CertFile, cfg.SMTP.TLS.KeyFile)
+			if err != nil {
+				return fail(fmt.Errorf("smtp.tls: %w", err))
+			}
+			tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		srv, err := smtpintake.New(sp, smtpintake.Options{
+			Addr: cfg.SMTP.Listen, Hostname: cfg.SMTP.Hostname, TLSConfig: tc, Credentials: creds,
+			AllowInsecureAuth: cfg.SMTP.AllowInsecureAuth, RequireAuth: cfg.SMTP.RequireAuth,
+			Domains: cfg.SMTP.Domains, MaxMessageBytes: cfg.SMTP.MaxMessageBytes,
+			MaxRecipients: cfg.SMTP.MaxRecipients, MaxLineLength: cfg.SMTP.MaxLineLength,
+			Logger: log.With("component", "smtp"),
+		})
+		if err != nil {
+			return fail(err)
+		}
+		l, err := net.Listen("tcp", cfg.SMTP.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("smtp.listen: %w", err))
+		}
+		s.smtp, s.smtpL = srv, l
+	}
+	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("http.listen: %w", err))
+	}
+	s.httpL = hl
+	s.http = &http.Server{Handler: httpapi.New(httpapi.Options{Checks: checks, Spool: sp}),
+		ReadHeaderTimeout: 10 * time.Second}
+
+	if err := sp.Start(ctx); err != nil {
+		return fail(err)
+	}
+	go func() {
+		if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	if s.smtp != nil {
+		go func() {
+			if err := s.smtp.Serve(s.smtpL); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.Error("smtp server stopped", "err", err)
+			}
+		}()
+	}
+	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(apps),
+		"spool", cfg.SpoolPath())
+	return s, nil
+}
+
+// Stop shuts down intakes first, then the workers, then storage.
+func (s *Server) Stop(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if s.smtp != nil {
+		if err := s.smtp.Shutdown(ctx); err != nil {
+			s.log.Warn("smtp shutdown", "err", err)
+		}
+	}
+	if s.http != nil {
+		_ = s.http.Shutdown(ctx)
+	}
+	if s.spool != nil {
+		if err := s.spool.Stop(ctx); err != nil {
+			s.log.Warn("spool stop", "err", err)
+		}
+		if err := s.spool.Close(); err != nil {
+			s.log.Warn("spool close", "err", err)
+		}
+	}
+	s.log.Info("mmgate stopped")
+}

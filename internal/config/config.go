@@ -1,0 +1,289 @@
+// Package config owns mmgate's typed configuration: a YAML file overlaid with
+// MMGATE_* environment variables, defaults, secrets given inline or as `file:` /
+// `env:` references, and Validate, which reports every problem with its key path
+// rather than stopping at the first. It never logs or prints a secret's value.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+)
+
+// EnvPrefix is the prefix of environment overrides. A double underscore
+// separates levels: MMGATE_SMTP__LISTEN sets smtp.listen and
+// MMGATE_APPS__JIRA__BOT_TOKEN sets apps.jira.bot_token.
+const EnvPrefix = "MMGATE_"
+
+// Config is the whole configuration.
+type Config struct {
+	// DataDir holds the spool database and blobs unless set separately.
+	DataDir    string           `koanf:"data_dir"`
+	Log        LogConfig        `koanf:"log"`
+	SMTP       SMTPConfig       `koanf:"smtp"`
+	HTTP       HTTPConfig       `koanf:"http"`
+	Mattermost MattermostConfig `koanf:"mattermost"`
+	Spool      SpoolConfig      `koanf:"spool"`
+	Relay      RelayConfig      `koanf:"relay"`
+	Directory  DirectoryConfig  `koanf:"directory"`
+	Routing    RoutingConfig    `koanf:"routing"`
+	Apps       map[string]App   `koanf:"apps"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `koanf:"level"`  // debug, info, warn, error
+	Format string `koanf:"format"` // text or json
+}
+
+// SMTPConfig configures the SMTP intake.
+type SMTPConfig struct {
+	Enabled  bool   `koanf:"enabled"`
+	Listen   string `koanf:"listen"`
+	Hostname string `koanf:"hostname"`
+	// Domains are the recipient domains mmgate accepts mail for; anything else
+	// is refused with 550 5.7.1 (never an open relay).
+	Domains []string `koanf:"domains"`
+	TLS     struct {
+		CertFile string `koanf:"cert_file"`
+		KeyFile  string `koanf:"key_file"`
+	} `koanf:"tls"`
+	// AllowInsecureAuth offers AUTH without TLS, to loopback clients only.
+	AllowInsecureAuth bool `koanf:"allow_insecure_auth"`
+	// RequireAuth refuses MAIL FROM before AUTH.
+	RequireAuth     bool  `koanf:"require_auth"`
+	MaxMessageBytes int64 `koanf:"max_message_bytes"`
+	MaxRecipients   int   `koanf:"max_recipients"`
+	MaxLineLength   int   `koanf:"max_line_length"`
+	// RelayCredentials are logins not bound to one app (e.g. a postfix relay);
+	// the app is then found by rules or sender patterns.
+	RelayCredentials []Credential `koanf:"relay_credentials"`
+}
+
+// Credential is an SMTP login.
+type Credential struct {
+	Username string `koanf:"username"`
+	Password Secret `koanf:"password"`
+}
+
+// HTTPConfig configures the HTTP listener (health, metrics, admin).
+type HTTPConfig struct {
+	Listen string `koanf:"listen"`
+}
+
+// MattermostConfig names the Mattermost server.
+type MattermostConfig struct {
+	URL string `koanf:"url"`
+	// MaxPostRunes overrides the per-post rune limit; 0 asks the server.
+	MaxPostRunes int `koanf:"max_post_runes"`
+	// RequestTimeout bounds one REST call (uploads get longer).
+	RequestTimeout time.Duration `koanf:"request_timeout"`
+}
+
+// SpoolConfig configures durable storage.
+type SpoolConfig struct {
+	Driver string `koanf:"driver"` // sqlite
+	Path   string `koanf:"path"`   // SQLite file; default DATA_DIR/spool.db
+	Blobs  struct {
+		Driver string `koanf:"driver"` // dir
+		Dir    string `koanf:"dir"`    // default DATA_DIR/blobs
+	} `koanf:"blobs"`
+	// Retention keeps posted raw mail this long before purging it.
+	Retention time.Duration `koanf:"retention"`
+	// MaxRetryAge quarantines a message still failing after this long.
+	MaxRetryAge time.Duration `koanf:"max_retry_age"`
+	RetryMin    time.Duration `koanf:"retry_min"`
+	RetryMax    time.Duration `koanf:"retry_max"`
+}
+
+// RelayConfig configures the delivery workers.
+type RelayConfig struct {
+	Workers      int           `koanf:"workers"`
+	PollInterval time.Duration `koanf:"poll_interval"`
+	JobTimeout   time.Duration `koanf:"job_timeout"`
+}
+
+// DirectoryConfig says how an email address becomes a Mattermost user.
+type DirectoryConfig struct {
+	// File is a static directory (YAML): people with their addresses and,
+	// optionally, their Mattermost username.
+	File string `koanf:"file"`
+	// MattermostLookup falls back to looking the address up in Mattermost by
+	// email (needs PrivacySettings.ShowEmailAddress or a bot with the right).
+	MattermostLookup bool `koanf:"mattermost_lookup"`
+}
+
+// RoutingConfig decides which app a message comes from.
+type RoutingConfig struct {
+	// SenderPatterns map an envelope sender to an app; {app} stands for the
+	// app's name and * for any text. Default: {app}-svc@* and {app}svc@*.
+	SenderPatterns []string `koanf:"sender_patterns"`
+	// Rules are tried in order before the sender patterns.
+	Rules []Rule `koanf:"rules"`
+}
+
+// Rule picks an app when every given condition holds. From and To are glob
+// patterns (* and ?) on addresses; Subject and Header values are regular
+// expressions.
+type Rule struct {
+	App     string            `koanf:"app"`
+	From    string            `koanf:"from"`
+	To      string            `koanf:"to"`
+	Subject string            `koanf:"subject"`
+	Header  map[string]string `koanf:"header"`
+}
+
+// App is one source tool: its bot and where its mail goes.
+type App struct {
+	DisplayName string `koanf:"display_name"`
+	// BotToken is the Mattermost bot account's access token.
+	BotToken Secret `koanf:"bot_token"`
+	// SMTP is the app's own SMTP login; Username defaults to the app name.
+	SMTP struct {
+		Username string `koanf:"username"`
+		Password Secret `koanf:"password"`
+	} `koanf:"smtp"`
+	// Senders are extra envelope-sender patterns for this app.
+	Senders []string `koanf:"senders"`
+	// DirectMessages posts to each recipient as a DM from the bot (default true).
+	DirectMessages *bool `koanf:"direct_messages"`
+	// Channels are extra destinations as team/channel.
+	Channels []string `koanf:"channels"`
+	// MaxAttachmentBytes drops larger attachments with a note (0 = no limit).
+	MaxAttachmentBytes int64 `koanf:"max_attachment_bytes"`
+}
+
+// DMs reports whether the app posts direct messages.
+func (a App) DMs() bool { return a.DirectMessages == nil || *a.DirectMessages }
+
+// SMTPUsername is the app's SMTP login name.
+func (a App) SMTPUsername(name string) string {
+	if a.SMTP.Username != "" {
+		return a.SMTP.Username
+	}
+	return name
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	c := Config{DataDir: "./mmgate-data"}
+	c.Log.Level, c.Log.Format = "info", "text"
+	c.SMTP.Enabled = true
+	c.SMTP.Listen = "127.0.0.1:2525"
+	c.SMTP.MaxMessageBytes = 50 << 20
+	c.SMTP.MaxRecipients = 100
+	c.SMTP.MaxLineLength = 1 << 20
+	c.HTTP.Listen = "127.0.0.1:8025"
+	c.Mattermost.RequestTimeout = 30 * time.Second
+	c.Spool.Driver = "sqlite"
+	c.Spool.Blobs.Driver = "dir"
+	c.Spool.Retention = 7 * 24 * time.Hour
+	c.Spool.MaxRetryAge = 72 * time.Hour
+	c.Spool.RetryMin = 5 * time.Second
+	c.Spool.RetryMax = 5 * time.Minute
+	c.Relay.Workers = 4
+	c.Relay.PollInterval = 50 * time.Millisecond
+	c.Relay.JobTimeout = 10 * time.Minute
+	c.Routing.SenderPatterns = []string{"{app}-svc@*", "{app}svc@*"}
+	return c
+}
+
+// SpoolPath is the SQLite file.
+func (c Config) SpoolPath() string {
+	if c.Spool.Path != "" {
+		return c.Spool.Path
+	}
+	return strings.TrimRight(c.DataDir, "/") + "/spool.db"
+}
+
+// BlobDir is the raw-message directory.
+func (c Config) BlobDir() string {
+	if c.Spool.Blobs.Dir != "" {
+		return c.Spool.Blobs.Dir
+	}
+	return strings.TrimRight(c.DataDir, "/") + "/blobs"
+}
+
+// Load reads path (optional when "") and the environment, over the defaults.
+// Unknown keys are errors. Load does not validate: call Validate.
+func Load(path string, environ []string) (Config, error) {
+	k := koanf.New(".")
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return Config{}, fmt.Errorf("config file: %w", err)
+		}
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	envp := env.Provider(".", env.Opt{
+		Prefix:        EnvPrefix,
+		TransformFunc: envKey,
+		EnvironFunc:   func() []string { return environ },
+	})
+	if err := k.Load(envp, nil); err != nil {
+		return Config{}, fmt.Errorf("environment: %w", err)
+	}
+	c := Default()
+	var md mapstructure.Metadata
+	dc := &mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		),
+		Metadata:         &md,
+		WeaklyTypedInput: true,
+		ErrorUnused:      true,
+		Result:           &c,
+		TagName:          "koanf",
+	}
+	if err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc}); err != nil {
+		return Config{}, decodeError(err)
+	}
+	return c, nil
+}
+
+// envKey maps MMGATE_SMTP__MAX_RECIPIENTS to smtp.max_recipients.
+func envKey(k, v string) (string, any) {
+	k = strings.TrimPrefix(k, EnvPrefix)
+	if k == "" || strings.HasPrefix(k, "_") {
+		return "", nil
+	}
+	return strings.ToLower(strings.ReplaceAll(k, "__", ".")), v
+}
+
+// decodeError turns mapstructure's aggregated error into Problems.
+func decodeError(err error) error {
+	var ps Problems
+	var walk func(error)
+	walk = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		path := ""
+		var de *mapstructure.DecodeError
+		if errors.As(e, &de) {
+			path = de.Name()
+		}
+		ps = append(ps, Problem{Path: path, Msg: e.Error()})
+	}
+	walk(err)
+	return ps
+}
+
+// Example is a commented example configuration (`mmgate config init`).
+//
+//go:embed example.yaml
+var Example string

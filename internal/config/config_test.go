@@ -1,0 +1,127 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExampleLoadsAndOnlyLacksLocalFiles(t *testing.T) {
+	p := write(t, "mmgate.yaml", Example)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatalf("example does not load: %v", err)
+	}
+	if c.SMTP.Listen != "127.0.0.1:2525" || c.Spool.Retention != 168*time.Hour || len(c.Apps) != 1 {
+		t.Fatalf("unexpected values: %+v", c.SMTP)
+	}
+	err = c.Validate()
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("expected problems about files that do not exist here, got %v", err)
+	}
+	for _, p := range ps {
+		if p.Path != "apps.jira.bot_token" && p.Path != "apps.jira.smtp.password" && p.Path != "directory.file" {
+			t.Errorf("unexpected problem in the example: %s", p)
+		}
+	}
+}
+
+func TestValidateReportsEveryProblemWithPath(t *testing.T) {
+	p := write(t, "c.yaml", `
+log: {level: loud}
+smtp:
+  listen: "nonsense"
+  domains: ["bad domain"]
+  max_recipients: 0
+mattermost: {url: "chat.example.com"}
+apps:
+  Jira:
+    direct_messages: false
+    channels: [town-square]
+routing:
+  rules:
+    - app: nope
+      subject: "("
+`)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("want Problems, got %v", err)
+	}
+	want := []string{"log.level", "smtp.listen", "smtp.domains[0]", "smtp.max_recipients", "mattermost.url",
+		"apps.Jira", "apps.Jira.bot_token", "apps.Jira.channels[0]", "routing.rules[0].app", "routing.rules[0].subject", "directory"}
+	got := map[string]bool{}
+	for _, p := range ps {
+		got[p.Path] = true
+	}
+	for _, w := range want {
+		if !got[w] {
+			t.Errorf("missing problem for %s; got:\n%v", w, err)
+		}
+	}
+}
+
+func TestUnknownKeyIsAnError(t *testing.T) {
+	p := write(t, "c.yaml", "smtp:\n  listn: 1.2.3.4:25\n")
+	_, err := Load(p, nil)
+	if err == nil || !strings.Contains(err.Error(), "listn") {
+		t.Fatalf("want an error naming the unknown key, got %v", err)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	p := write(t, "c.yaml", "smtp:\n  listen: 127.0.0.1:25\napps:\n  jira:\n    bot_token: x\n")
+	c, err := Load(p, []string{
+		"MMGATE_SMTP__LISTEN=0.0.0.0:2525",
+		"MMGATE_SMTP__MAX_RECIPIENTS=7",
+		"MMGATE_APPS__JIRA__BOT_TOKEN=env:JIRA_TOKEN",
+		"MMGATE_SPOOL__RETENTION=24h",
+		"OTHER=1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SMTP.Listen != "0.0.0.0:2525" || c.SMTP.MaxRecipients != 7 || c.Spool.Retention != 24*time.Hour {
+		t.Fatalf("overrides not applied: %+v %v", c.SMTP, c.Spool.Retention)
+	}
+	if c.Apps["jira"].BotToken != "env:JIRA_TOKEN" {
+		t.Fatalf("nested app override not applied: %q", c.Apps["jira"].BotToken)
+	}
+}
+
+func TestSecrets(t *testing.T) {
+	f := write(t, "tok", "s3cret\n")
+	t.Setenv("MMGATE_TEST_SECRET", "from-env")
+	for in, want := range map[Secret]string{"inline": "inline", Secret("file:" + f): "s3cret", "env:MMGATE_TEST_SECRET": "from-env"} {
+		got, err := in.Resolve()
+		if err != nil || got != want {
+			t.Errorf("%s: got %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := Secret("file:/nonexistent/x").Resolve(); err == nil {
+		t.Error("missing file must be an error")
+	}
+	if _, err := Secret("env:MMGATE_TEST_UNSET_XYZ").Resolve(); err == nil {
+		t.Error("unset variable must be an error")
+	}
+	if s := Secret("hunter2").String(); strings.Contains(s, "hunter2") {
+		t.Errorf("String reveals the secret: %s", s)
+	}
+}

@@ -1,0 +1,170 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mmgate/mmgate/internal/mailparse"
+	"github.com/mmgate/mmgate/internal/mattermost"
+	"github.com/mmgate/mmgate/internal/spool"
+)
+
+// MaxFilesPerPost is Mattermost's cap on file ids in one post.
+const MaxFilesPerPost = 10
+
+// runeMargin keeps room under the post limit for a continuation line.
+const runeMargin = 64
+
+// part is one post of a message in one destination.
+type part struct {
+	name    string // ledger part: body/0, body/1, files/1 …
+	message string
+	files   []*mailparse.Attachment
+}
+
+// plan cuts a message into its posts. It is deterministic for the same
+// message and limits, so that a retry after a crash plans the same parts.
+func plan(m *mailparse.Message, maxRunes int, maxAttachment int64) []part {
+	text := mailparse.Render(m, mailparse.RenderOptions{})
+	var files, skipped []*mailparse.Attachment
+	for _, a := range m.Attachments {
+		if maxAttachment > 0 && a.Size > maxAttachment {
+			skipped = append(skipped, a)
+			continue
+		}
+		files = append(files, a)
+	}
+	// Inline images first: they belong with the text that refers to them.
+	sort.SliceStable(files, func(i, j int) bool { return files[i].Inline && !files[j].Inline })
+	if len(skipped) > 0 {
+		var b strings.Builder
+		b.WriteString("\n\n")
+		for _, a := range skipped {
+			fmt.Fprintf(&b, "_(attachment %s, %s, not attached: over this app's size limit)_\n", mailparse.EscapeText(a.Filename), humanSize(a.Size))
+		}
+		text += strings.TrimRight(b.String(), "\n")
+	}
+	chunks := mailparse.Split(text, maxRunes-runeMargin)
+	if len(chunks) == 0 {
+		chunks = []string{""}
+	}
+	if len(chunks) > 1 {
+		full := mailparse.Body(m, mailparse.RenderOptions{})
+		files = append(files, &mailparse.Attachment{
+			Filename: "message.md", ContentType: "text/markdown; charset=utf-8", Size: int64(len(full)),
+			Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(full)), nil },
+		})
+	}
+	var batches [][]*mailparse.Attachment
+	for len(files) > 0 {
+		n := min(MaxFilesPerPost, len(files))
+		batches = append(batches, files[:n])
+		files = files[n:]
+	}
+	parts := []part{{name: "body/0", message: chunks[0]}}
+	if len(batches) > 0 {
+		parts[0].files = batches[0]
+	}
+	for i := 1; i < len(chunks); i++ {
+		parts = append(parts, part{name: fmt.Sprintf("body/%d", i),
+			message: fmt.Sprintf("_(continued, part %d of %d)_\n\n%s", i+1, len(chunks), chunks[i])})
+	}
+	for j := 1; j < len(batches); j++ {
+		parts = append(parts, part{name: fmt.Sprintf("files/%d", j),
+			message: fmt.Sprintf("_Attachments, continued (%d of %d)_", j+1, len(batches)), files: batches[j]})
+	}
+	return parts
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.0f KB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// deliver posts every part of m into d that the ledger does not have yet.
+func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, note func(string, string, ...any)) error {
+	parts := plan(m, r.maxRunes(ctx, app), app.MaxAttachmentBytes)
+	from := ""
+	if len(m.From) > 0 {
+		from = m.From[0].Email
+	}
+	rootID := ""
+	for _, p := range parts {
+		postID, err := r.postPart(ctx, app, msg, m, d, p, rootID, from)
+		if err != nil {
+			return err
+		}
+		if p.name == "body/0" {
+			rootID = postID
+		}
+		note("posted", "%s %s → post %s", d.label, p.name, postID)
+	}
+	return nil
+}
+
+func partKey(msgID, dest, part string) string { return msgID + "/" + dest + "/" + part }
+
+func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string) (string, error) {
+	sp := r.o.Spool
+	e, found, err := sp.LedgerGet(ctx, msg.ID, d.key, p.name)
+	if err != nil {
+		return "", fmt.Errorf("reading ledger: %w", err)
+	}
+	if found && e.PostID != "" {
+		return e.PostID, nil
+	}
+	key := partKey(msg.ID, d.key, p.name)
+	if found && !e.IntentAt.IsZero() {
+		// A previous attempt may have posted without recording it.
+		posts, err := app.Client.ChannelPostsSince(ctx, d.channelID, e.IntentAt.Add(-2*time.Minute))
+		if err != nil {
+			return "", err
+		}
+		for _, q := range posts {
+			if v, _ := q.Props[PropPart].(string); v == key {
+				if err := sp.LedgerDone(ctx, msg.ID, d.key, p.name, q.ID); err != nil {
+					return "", fmt.Errorf("recording post: %w", err)
+				}
+				_ = sp.AddEvent(ctx, msg.ID, "reconciled", fmt.Sprintf("%s %s was already posted as %s", d.label, p.name, q.ID))
+				return q.ID, nil
+			}
+		}
+	}
+	var fileIDs []string
+	if len(p.files) > 0 {
+		ups := make([]mattermost.Upload, len(p.files))
+		for i, a := range p.files {
+			ups[i] = mattermost.Upload{Name: a.Filename, Size: a.Size, Open: a.Open}
+		}
+		infos, err := app.Client.UploadFiles(ctx, d.channelID, ups)
+		if err != nil {
+			return "", err
+		}
+		for _, fi := range infos {
+			fileIDs = append(fileIDs, fi.ID)
+		}
+	}
+	if err := sp.LedgerIntent(ctx, msg.ID, d.key, p.name, d.channelID); err != nil {
+		return "", fmt.Errorf("recording intent: %w", err)
+	}
+	post := &mattermost.Post{ChannelID: d.channelID, RootID: rootID, Message: p.message, FileIDs: fileIDs,
+		Props: map[string]any{PropSpoolID: msg.ID, PropPart: key, PropMessageID: m.MessageID, PropFrom: from}}
+	got, err := app.Client.CreatePost(ctx, post)
+	if err != nil {
+		return "", err
+	}
+	if err := sp.LedgerDone(ctx, msg.ID, d.key, p.name, got.ID); err != nil {
+		// The post exists; the intent lets the next attempt find it.
+		return "", fmt.Errorf("recording post %s: %w", got.ID, err)
+	}
+	return got.ID, nil
+}

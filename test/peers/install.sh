@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# install.sh — install the Debian packages the tests and benchmarks use, if missing.
+# Idempotent and quiet when everything is there. Needs root (or sudo) for apt-get.
+set -euo pipefail
+need=()
+command -v swaks        >/dev/null || need+=(swaks)
+command -v smtp-source  >/dev/null || [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+command -v jq           >/dev/null || need+=(jq)
+command -v curl         >/dev/null || need+=(curl)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# swaks needs these for STARTTLS
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+echo "installing: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# postfix asks questions on install; answer them up front.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
+$SUDO apt-get update -qq >&2
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
