@@ -14,7 +14,7 @@ import (
 )
 
 // MaxFilesPerPost is Mattermost's cap on file ids in one post.
-const MaxFilesPerPost = 10
+const MaxFilesPerPost = mattermost.MaxFilesPerPost
 
 // runeMargin keeps room under the post limit for a continuation line.
 const runeMargin = 64
@@ -157,7 +157,8 @@ func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *ma
 		return "", fmt.Errorf("recording intent: %w", err)
 	}
 	post := &mattermost.Post{ChannelID: d.channelID, RootID: rootID, Message: p.message, FileIDs: fileIDs,
-		Props: map[string]any{PropSpoolID: msg.ID, PropPart: key, PropMessageID: m.MessageID, PropFrom: from}}
+		Props:         map[string]any{PropSpoolID: msg.ID, PropPart: key, PropMessageID: m.MessageID, PropFrom: from},
+		PendingPostID: mattermost.PendingPostID(key)}
 	got, err := app.Client.CreatePost(ctx, post)
 	if err != nil {
 		return "", err

@@ -8,7 +8,9 @@
 // Mattermost answers it records the post id. A part that is done is never posted
 // again. A part with an intent but no post id (a crash or timeout between the two)
 // is reconciled by looking in the channel for a post carrying the part's key in
-// its props before posting it again.
+// its props before posting it again. Every post also carries a pending_post_id
+// derived from the part's key, which makes Mattermost itself return the first
+// post for a repeat within 30 seconds (a lost answer, a timeout).
 package relay
 
 import (
