@@ -22,8 +22,12 @@ func (g *globals) withSpool(ctx context.Context, fn func(*spool.Spool) error) er
 	if err != nil {
 		return err
 	}
-	log := app.NewLogger(cfg.Log)
-	sp, err := app.OpenSpool(ctx, cfg, nil, log)
+	// Administration prints its own results; only problems are logged.
+	lc := cfg.Log
+	if lc.Level != "debug" {
+		lc.Level = "warn"
+	}
+	sp, err := app.OpenSpool(ctx, cfg, nil, app.NewLogger(lc))
 	if err != nil {
 		return &exitError{fault.ExitTempFail, fmt.Errorf("opening the spool at %s: %w", cfg.SpoolPath(), err)}
 	}

@@ -44,7 +44,7 @@ func plan(m *mailparse.Message, maxRunes int, maxAttachment int64) []part {
 		var b strings.Builder
 		b.WriteString("\n\n")
 		for _, a := range skipped {
-			fmt.Fprintf(&b, "_(attachment %s, %s, not attached: over this app's size limit)_\n", mailparse.EscapeText(a.Filename), humanSize(a.Size))
+			fmt.Fprintf(&b, "_(attachment %s, %s, not attached: over this app's size limit)_\n", escapeInline(a.Filename), humanSize(a.Size))
 		}
 		text += strings.TrimRight(b.String(), "\n")
 	}
@@ -168,4 +168,16 @@ func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *ma
 		return "", fmt.Errorf("recording post %s: %w", got.ID, err)
 	}
 	return got.ID, nil
+}
+
+// escapeInline makes a file name safe inside a Markdown sentence.
+func escapeInline(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune("\\`*_[]<>|~", r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -234,12 +234,12 @@ func (r *Relay) destinations(ctx context.Context, app *App, msg spool.Message, n
 				continue
 			}
 			seen[key] = true
-			ch, err := app.Client.DirectChannel(ctx, botID, u.id)
+			chID, err := r.directChannel(ctx, app, botID, u.id)
 			if err != nil {
 				return nil, nil, err
 			}
 			note("recipient", "%s → @%s (%s)", rc, u.name, why)
-			dests = append(dests, destination{key: key, channelID: ch.ID, label: "@" + u.name})
+			dests = append(dests, destination{key: key, channelID: chID, label: "@" + u.name})
 		}
 	}
 	for _, name := range app.Channels {
@@ -341,6 +341,25 @@ func (r *Relay) botID(ctx context.Context, app *App) (string, error) {
 	r.bots[app.Name] = me.ID
 	r.mu.Unlock()
 	return me.ID, nil
+}
+
+// directChannel returns the bot↔user DM channel, cached: it never changes.
+func (r *Relay) directChannel(ctx context.Context, app *App, botID, userID string) (string, error) {
+	key := app.Name + "\x00dm:" + userID
+	r.mu.Lock()
+	c, ok := r.chans[key]
+	r.mu.Unlock()
+	if ok {
+		return c.id, nil
+	}
+	ch, err := app.Client.DirectChannel(ctx, botID, userID)
+	if err != nil {
+		return "", err
+	}
+	r.mu.Lock()
+	r.chans[key] = cached{id: ch.ID, at: time.Now()}
+	r.mu.Unlock()
+	return ch.ID, nil
 }
 
 func (r *Relay) channelID(ctx context.Context, app *App, name string) (string, error) {

@@ -198,14 +198,14 @@ func (h *harness) handle(id, sender string, rcpts []string, raw string) spool.Ou
 		Envelope: spool.Envelope{Intake: "smtp", Sender: sender, Recipients: rcpts}})
 }
 
-func mail(subject, body string) string {
+func mkMail(subject, body string) string {
 	return "From: Jira <jira-svc@tools.test>\r\nTo: alice@corp.test\r\nSubject: " + subject +
 		"\r\nMessage-ID: <" + subject + "@tools.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n"
 }
 
 func TestPostsOnceToEachRecipient(t *testing.T) {
 	h := newHarness(t)
-	out := h.handle("m1", "jira-svc@tools.test", []string{"alice@corp.test", "BOB@corp.test", "alice@corp.test"}, mail("hello", "body text"))
+	out := h.handle("m1", "jira-svc@tools.test", []string{"alice@corp.test", "BOB@corp.test", "alice@corp.test"}, mkMail("hello", "body text"))
 	if out.Kind != spool.OutcomePosted {
 		t.Fatalf("outcome %+v, events %v", out, h.sp.events)
 	}
@@ -218,7 +218,7 @@ func TestPostsOnceToEachRecipient(t *testing.T) {
 		}
 	}
 	// Handling the same message again posts nothing new.
-	if out := h.handle("m1", "jira-svc@tools.test", []string{"alice@corp.test", "bob@corp.test"}, mail("hello", "body text")); out.Kind != spool.OutcomePosted {
+	if out := h.handle("m1", "jira-svc@tools.test", []string{"alice@corp.test", "bob@corp.test"}, mkMail("hello", "body text")); out.Kind != spool.OutcomePosted {
 		t.Fatalf("second handle: %+v", out)
 	}
 	if len(h.mm.posts) != 2 {
@@ -229,11 +229,11 @@ func TestPostsOnceToEachRecipient(t *testing.T) {
 func TestLostAnswerIsReconciledNotReposted(t *testing.T) {
 	h := newHarness(t)
 	h.mm.failCreateAfterStore = true
-	out := h.handle("m2", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("lost", "x"))
+	out := h.handle("m2", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("lost", "x"))
 	if out.Kind != spool.OutcomeRetry {
 		t.Fatalf("want retry after a lost answer, got %+v", out)
 	}
-	out = h.handle("m2", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("lost", "x"))
+	out = h.handle("m2", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("lost", "x"))
 	if out.Kind != spool.OutcomePosted {
 		t.Fatalf("want posted, got %+v", out)
 	}
@@ -277,7 +277,7 @@ func TestTwelveAttachmentsMakeTwoPostsInOneThread(t *testing.T) {
 func TestLongBodyContinuesInThreadWithFullCopy(t *testing.T) {
 	h := newHarness(t)
 	body := "START " + strings.Repeat("lorem ipsum dolor sit amet ", 1500) + " MIDDLE " + strings.Repeat("consectetur adipiscing ", 1000) + " END"
-	if out := h.handle("m4", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("long", body)); out.Kind != spool.OutcomePosted {
+	if out := h.handle("m4", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("long", body)); out.Kind != spool.OutcomePosted {
 		t.Fatalf("%+v", out)
 	}
 	if len(h.mm.posts) < 3 {
@@ -309,7 +309,7 @@ func TestLongBodyContinuesInThreadWithFullCopy(t *testing.T) {
 
 func TestUnknownSourceIsQuarantined(t *testing.T) {
 	h := newHarness(t)
-	out := h.handle("m5", "someone@elsewhere.test", []string{"alice@corp.test"}, mail("who", "x"))
+	out := h.handle("m5", "someone@elsewhere.test", []string{"alice@corp.test"}, mkMail("who", "x"))
 	if out.Kind != spool.OutcomeQuarantine || !strings.HasPrefix(out.Reason, "unknown source") {
 		t.Fatalf("%+v", out)
 	}
@@ -321,7 +321,7 @@ func TestUnknownSourceIsQuarantined(t *testing.T) {
 func TestUnresolvedRecipientQuarantinesAfterPostingOthers(t *testing.T) {
 	h := newHarness(t)
 	rcpts := []string{"alice@corp.test", "carol@corp.test"}
-	out := h.handle("m6", "jira-svc@tools.test", rcpts, mail("partial", "x"))
+	out := h.handle("m6", "jira-svc@tools.test", rcpts, mkMail("partial", "x"))
 	if out.Kind != spool.OutcomeQuarantine || !strings.Contains(out.Reason, "carol@corp.test") {
 		t.Fatalf("%+v", out)
 	}
@@ -331,7 +331,7 @@ func TestUnresolvedRecipientQuarantinesAfterPostingOthers(t *testing.T) {
 	// The operator adds carol and releases: only carol's post is new.
 	h.dir["carol@corp.test"] = "carol"
 	h.mm.users["carol"] = "uid-carol"
-	if out := h.handle("m6", "jira-svc@tools.test", rcpts, mail("partial", "x")); out.Kind != spool.OutcomePosted {
+	if out := h.handle("m6", "jira-svc@tools.test", rcpts, mkMail("partial", "x")); out.Kind != spool.OutcomePosted {
 		t.Fatalf("%+v", out)
 	}
 	if len(h.mm.posts) != 2 || h.mm.posts[1].ChannelID != "dm-uid-carol" {
@@ -342,16 +342,16 @@ func TestUnresolvedRecipientQuarantinesAfterPostingOthers(t *testing.T) {
 func TestMattermostErrorsDecideRetryOrQuarantine(t *testing.T) {
 	h := newHarness(t)
 	h.mm.failWith = &mattermost.APIError{Op: "create post", Status: 429, RetryAfter: 7 * time.Second}
-	out := h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("busy", "x"))
+	out := h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("busy", "x"))
 	if out.Kind != spool.OutcomeRetry || out.RetryAfter != 7*time.Second {
 		t.Fatalf("429: %+v", out)
 	}
 	h.mm.failWith = &mattermost.APIError{Op: "create post", Status: 500}
-	if out := h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("busy", "x")); out.Kind != spool.OutcomeRetry {
+	if out := h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("busy", "x")); out.Kind != spool.OutcomeRetry {
 		t.Fatalf("500: %+v", out)
 	}
 	h.mm.failWith = &mattermost.APIError{Op: "create post", Status: 403, ID: "api.context.permissions.app_error", Message: "no"}
-	out = h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mail("busy", "x"))
+	out = h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("busy", "x"))
 	if out.Kind != spool.OutcomeQuarantine || !strings.Contains(out.Reason, "api.context.permissions.app_error") {
 		t.Fatalf("403: %+v", out)
 	}
