@@ -240,8 +240,11 @@ func printShow(w io.Writer, m spool.Message, events []spool.Event, ledger []spoo
 	for _, e := range events {
 		fmt.Fprintf(w, "  %s  %-12s %s\n", e.At.Local().Format("2006-01-02 15:04:05.000"), e.Kind, e.Detail)
 	}
-	if len(ledger) > 0 {
-		fmt.Fprintln(w, "\nPosts:")
+	fmt.Fprintln(w, "\nPosts:")
+	if len(ledger) == 0 {
+		fmt.Fprintln(w, "  none yet")
+	}
+	{
 		for _, l := range ledger {
 			post := l.PostID
 			if post == "" {

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/encoding"
+	"golang.org/x/text/encoding/charmap"
 	"golang.org/x/text/encoding/htmlindex"
 	"golang.org/x/text/encoding/ianaindex"
 	"golang.org/x/text/encoding/unicode"
@@ -71,6 +72,9 @@ func decodeCharset(b []byte, label, what string, warn func(string, ...any)) stri
 		return decodeWith(unicode.UTF16(unicode.LittleEndian, unicode.IgnoreBOM), b[2:])
 	}
 	label = strings.TrimSpace(label)
+	if isUTF7Label(label) {
+		return cleanString(decodeUTF7(b))
+	}
 	if isLatinLabel(label) && utf8.Valid(b) {
 		if label != "" && !isASCII(b) {
 			warn("%s is labelled %q but is valid UTF-8: decoded as UTF-8", what, label)
@@ -110,7 +114,10 @@ func isASCII(b []byte) bool {
 	return true
 }
 
-// cleanString returns s as valid UTF-8 with NUL bytes removed.
+// cleanString returns s as valid UTF-8 with NUL bytes and bidi embedding,
+// override and isolate controls (U+202A–U+202E, U+2066–U+2069) removed: an
+// override in a mail can make "exe.pdf" look like "fdp.exe" and would reorder
+// the rest of a Mattermost paragraph.
 func cleanString(s string) string {
 	if !utf8.ValidString(s) {
 		s = strings.ToValidUTF8(s, "\uFFFD")
@@ -118,7 +125,166 @@ func cleanString(s string) string {
 	if strings.IndexByte(s, 0) >= 0 {
 		s = strings.ReplaceAll(s, "\x00", "")
 	}
+	if hasBidiControl(s) {
+		s = strings.Map(func(r rune) rune {
+			if isBidiControl(r) {
+				return -1
+			}
+			return r
+		}, s)
+	}
 	return s
+}
+
+func isBidiControl(r rune) bool {
+	return r >= '\u202A' && r <= '\u202E' || r >= '\u2066' && r <= '\u2069'
+}
+
+// hasBidiControl reports quickly whether s holds a bidi control: all of them
+// are encoded as E2 80 AA..AE or E2 81 A6..A9.
+func hasBidiControl(s string) bool {
+	for i := 0; ; {
+		j := strings.IndexByte(s[i:], 0xE2)
+		if j < 0 || i+j+2 >= len(s) {
+			return false
+		}
+		i += j
+		if b1, b2 := s[i+1], s[i+2]; b1 == 0x80 && b2 >= 0xAA && b2 <= 0xAE || b1 == 0x81 && b2 >= 0xA6 && b2 <= 0xA9 {
+			return true
+		}
+		i++
+	}
+}
+
+// stripInvisible removes zero-width characters that only serve to hide or
+// disguise text in one-line fields (subjects, names, file names): U+200B,
+// U+2060, U+FEFF, U+180E and the bidi marks U+200E, U+200F, U+061C. The zero
+// width joiner (emoji sequences) and non-joiner (Persian) are kept.
+func stripInvisible(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '\u200B', '\u2060', '\uFEFF', '\u180E', '\u200E', '\u200F', '\u061C':
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// isUTF7Label reports whether label names UTF-7, which the Encoding Standard
+// does not know (it maps it to nothing) but old mailers still send.
+func isUTF7Label(label string) bool {
+	switch strings.ToLower(strings.Trim(strings.TrimSpace(label), `"'`)) {
+	case "utf-7", "utf7", "unicode-1-1-utf-7", "x-unicode20utf7", "csunicode11utf7", "x-utf-7":
+		return true
+	}
+	return false
+}
+
+// decodeUTF7 decodes RFC 2152 UTF-7. Malformed shifts are decoded as far as
+// they go; unpaired surrogates become U+FFFD.
+func decodeUTF7(b []byte) string {
+	var out []rune
+	var units []uint16
+	flushUnits := func() {
+		out = append(out, utf16Decode(units)...)
+		units = units[:0]
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '+' {
+			out = append(out, rune(c))
+			if c >= 0x80 {
+				out[len(out)-1] = utf8.RuneError
+			}
+			continue
+		}
+		if i+1 < len(b) && b[i+1] == '-' {
+			out = append(out, '+')
+			i++
+			continue
+		}
+		var acc uint32
+		bits := 0
+		j := i + 1
+		for ; j < len(b); j++ {
+			v := b64Table[b[j]]
+			if v == 0xFF {
+				break
+			}
+			acc = acc<<6 | uint32(v)
+			bits += 6
+			if bits >= 16 {
+				bits -= 16
+				units = append(units, uint16(acc>>uint(bits)))
+				acc &= 1<<uint(bits) - 1
+			}
+		}
+		flushUnits()
+		if j < len(b) && b[j] == '-' {
+			j++ // the explicit end of the shift is absorbed
+		}
+		i = j - 1
+	}
+	return string(out)
+}
+
+func utf16Decode(u []uint16) []rune {
+	var out []rune
+	for i := 0; i < len(u); i++ {
+		c := rune(u[i])
+		switch {
+		case c >= 0xD800 && c < 0xDC00 && i+1 < len(u) && u[i+1] >= 0xDC00 && u[i+1] < 0xE000:
+			out = append(out, (c-0xD800)<<10+(rune(u[i+1])-0xDC00)+0x10000)
+			i++
+		case c >= 0xD800 && c < 0xE000:
+			out = append(out, utf8.RuneError)
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// isASCIICompatible reports whether raw header bytes can be in enc: not a
+// UTF-16/32 or UTF-7 encoding.
+func rawHeaderEncoding(label string) encoding.Encoding {
+	if label == "" || isUTF7Label(label) {
+		return nil
+	}
+	l := strings.ToLower(label)
+	if strings.Contains(l, "utf-16") || strings.Contains(l, "utf16") || strings.Contains(l, "utf-32") ||
+		strings.Contains(l, "ucs") || strings.Contains(l, "unicode") || strings.Contains(l, "2022") {
+		return nil
+	}
+	enc := lookupCharset(label)
+	if enc == nil || enc == unicode.UTF8 {
+		return nil
+	}
+	return enc
+}
+
+// decodeRawHeader turns the raw bytes of a header value into UTF-8. Mailers
+// that put 8-bit text in headers use the charset of the message; so bytes that
+// are not valid UTF-8 are decoded with the first usable label of fallbacks,
+// else windows-1252 (which maps every byte, so no accent is lost). Raw
+// ISO-2022-JP escape sequences (7-bit, so valid UTF-8) are decoded too.
+func decodeRawHeader(b []byte, what string, fallbacks []string, warn func(string, ...any)) string {
+	if utf8.Valid(b) {
+		if bytes.Contains(b, []byte("\x1b$B")) || bytes.Contains(b, []byte("\x1b$@")) || bytes.Contains(b, []byte("\x1b(J")) {
+			if e := lookupCharset("iso-2022-jp"); e != nil {
+				return decodeWith(e, b)
+			}
+		}
+		return cleanString(string(b))
+	}
+	for _, l := range fallbacks {
+		if enc := rawHeaderEncoding(l); enc != nil {
+			warn("raw 8-bit bytes in %s decoded as %s", what, strings.ToLower(strings.TrimSpace(l)))
+			return decodeWith(enc, b)
+		}
+	}
+	warn("raw 8-bit bytes in %s decoded as windows-1252", what)
+	return decodeWith(charmap.Windows1252, b)
 }
 
 var metaCharsetRE = regexp.MustCompile(`(?i)<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:\-]+)`)

@@ -128,9 +128,10 @@ func decodeQWord(s string) []byte {
 
 // headerText decodes a raw header value to display text: unfolded, raw 8-bit
 // bytes checked, encoded words decoded, NUL-free and valid UTF-8.
-func headerText(raw, what string, warn func(string, ...any)) string {
+// fallbacks are the charsets tried for raw 8-bit bytes (see decodeRawHeader).
+func headerText(raw, what string, fallbacks []string, warn func(string, ...any)) string {
 	v := unfold(raw)
-	v = decodeCharset([]byte(v), "", what, warn)
+	v = decodeRawHeader([]byte(v), what, fallbacks, warn)
 	v = decodeWords(v, what, warn)
 	return cleanString(v)
 }
@@ -189,7 +190,9 @@ func parseParams(v string, warn func(string, ...any)) (string, map[string]string
 			i := 1
 			for ; i < len(s); i++ {
 				c := s[i]
-				if c == '\\' && i+1 < len(s) {
+				// A backslash escapes only a quote or a backslash:
+				// Windows mailers put unescaped paths in file names.
+				if c == '\\' && i+1 < len(s) && (s[i+1] == '"' || s[i+1] == '\\') {
 					i++
 					b.WriteByte(s[i])
 					continue
@@ -299,7 +302,17 @@ func percentDecode(s string) []byte {
 	return b
 }
 
+// cleanName cleans a display name: one line, no invisible characters.
+func cleanName(s string) string { return singleLine(stripInvisible(cleanString(s))) }
+
 var wordDecoder = &mime.WordDecoder{CharsetReader: func(charset string, input io.Reader) (io.Reader, error) {
+	if isUTF7Label(charset) {
+		b, err := io.ReadAll(input)
+		if err != nil {
+			return nil, err
+		}
+		return strings.NewReader(decodeUTF7(b)), nil
+	}
 	enc := lookupCharset(charset)
 	if enc == nil {
 		return nil, fmt.Errorf("unknown charset %q", charset)
@@ -314,9 +327,9 @@ var (
 
 // parseAddressList parses an address header, keeping what parses and warning
 // about the rest.
-func parseAddressList(raw, fieldName string, warn func(string, ...any)) []Address {
+func parseAddressList(raw, fieldName string, fallbacks []string, warn func(string, ...any)) []Address {
 	v := unfold(raw)
-	v = decodeCharset([]byte(v), "", fieldName+" header", warn)
+	v = decodeRawHeader([]byte(v), fieldName+" header", fallbacks, warn)
 	if strings.TrimSpace(v) == "" {
 		return nil
 	}
@@ -337,7 +350,7 @@ func parseAddressList(raw, fieldName string, warn func(string, ...any)) []Addres
 		if m := angleAddrRE.FindStringSubmatchIndex(item); m != nil {
 			name := strings.Trim(strings.TrimSpace(item[:m[0]]), `"' `)
 			out = append(out, Address{
-				Name:  cleanString(singleLine(decodeWords(name, fieldName+" header", warn))),
+				Name:  cleanName(decodeWords(name, fieldName+" header", warn)),
 				Email: cleanString(item[m[2]:m[3]]),
 			})
 			continue
@@ -361,7 +374,7 @@ func convertAddrs(list []*mail.Address, fieldName string, warn func(string, ...a
 		if strings.Contains(name, "=?") {
 			name = decodeWords(name, fieldName+" header", warn)
 		}
-		out = append(out, Address{Name: cleanString(singleLine(name)), Email: cleanString(strings.TrimSpace(a.Address))})
+		out = append(out, Address{Name: cleanName(name), Email: cleanString(strings.TrimSpace(a.Address))})
 	}
 	return out
 }
@@ -429,6 +442,12 @@ var dateLayouts = []string{
 	"Mon, 2 Jan 2006 15:04:05",
 	"2006-01-02 15:04:05 -0700",
 	"2006-01-02 15:04:05",
+	"Monday, 02-Jan-06 15:04:05 MST",
+	"Mon, 02-Jan-06 15:04:05 MST",
+	"Mon, 2 Jan 2006 15:04:05 -0700 MST",
+	"2 Jan 2006 15:04:05 MST",
+	"2006-01-02T15:04:05",
+	"2006-01-02T15:04:05.999999999Z07:00",
 	time.RFC3339,
 }
 

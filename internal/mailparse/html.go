@@ -1,6 +1,7 @@
 package mailparse
 
 import (
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -62,6 +63,7 @@ var imgTokenRE = regexp.MustCompile(imgToken + `([0-9]+)X`)
 
 // htmlSanitizer holds the state of one sanitising pass.
 type htmlSanitizer struct {
+	base   *url.URL // from <base href>, http(s) only
 	atts   []*Attachment
 	images []*Attachment // referenced inline images, by token number
 	alts   []string
@@ -75,7 +77,9 @@ func htmlToMarkdown(src string, atts []*Attachment) (string, *htmlSanitizer) {
 	if err != nil {
 		return "", s
 	}
+	s.base = findBase(doc)
 	s.walk(doc)
+	unwrapInlineAroundBlocks(doc)
 	markQuotedHistory(doc)
 	flattenLayoutTables(doc)
 	md, err := getConverter().ConvertNode(doc)
@@ -128,6 +132,72 @@ func hasAttr(n *html.Node, key string) bool {
 		}
 	}
 	return false
+}
+
+func setAttr(n *html.Node, key, val string) {
+	for i := range n.Attr {
+		if n.Attr[i].Key == key {
+			n.Attr[i].Val = val
+			return
+		}
+	}
+	n.Attr = append(n.Attr, html.Attribute{Key: key, Val: val})
+}
+
+// findBase returns the first <base href> of the document when it is an
+// absolute http(s) URL.
+func findBase(n *html.Node) *url.URL {
+	if n.Type == html.ElementNode && n.Data == "base" {
+		if u, err := url.Parse(strings.TrimSpace(attr(n, "href"))); err == nil &&
+			(u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+			return u
+		}
+		return nil
+	}
+	for c := n.FirstChild; c != nil; c = c.NextSibling {
+		if u := findBase(c); u != nil {
+			return u
+		}
+	}
+	return nil
+}
+
+// resolve makes a relative link absolute: against <base href> when there is
+// one, and protocol-relative links ("//host/path") as https. Other relative
+// links are returned unchanged (and lose their link, as they lead nowhere).
+func (s *htmlSanitizer) resolve(href string) string {
+	h := strings.TrimSpace(href)
+	if h == "" || urlScheme(h) != "" || strings.HasPrefix(h, "#") {
+		return href
+	}
+	if strings.HasPrefix(h, "//") {
+		if len(h) > 2 && h[2] != '/' {
+			scheme := "https"
+			if s.base != nil {
+				scheme = s.base.Scheme
+			}
+			return scheme + ":" + h
+		}
+		return href
+	}
+	if s.base == nil {
+		return href
+	}
+	// Resolve by hand: url.ResolveReference would re-encode the query.
+	origin := s.base.Scheme + "://" + s.base.Host
+	if strings.HasPrefix(h, "/") {
+		return origin + h
+	}
+	dir := s.base.EscapedPath()
+	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
+		dir = dir[:i+1]
+	} else {
+		dir = "/"
+	}
+	if strings.HasPrefix(h, "?") {
+		return origin + s.base.EscapedPath() + h
+	}
+	return origin + dir + strings.TrimPrefix(h, "./")
 }
 
 func removeAttr(n *html.Node, key string) {
@@ -208,9 +278,11 @@ func (s *htmlSanitizer) element(parent, c *html.Node) {
 	}
 	switch name {
 	case "a":
-		href := attr(c, "href")
+		href := s.resolve(attr(c, "href"))
 		if !safeLinkScheme(urlScheme(href)) {
 			removeAttr(c, "href")
+		} else {
+			setAttr(c, "href", href)
 		}
 		removeAttr(c, "title")
 	case "img":
@@ -260,6 +332,14 @@ func isIcon(img *html.Node) bool {
 	return okw && okh && w <= 32 && h <= 32
 }
 
+// isSmallImage reports whether img is declared at most 64×64 pixels (a
+// remote logo, avatar or icon, not worth a link on a phone).
+func isSmallImage(img *html.Node) bool {
+	w, okw := dimension(attr(img, "width"))
+	h, okh := dimension(attr(img, "height"))
+	return okw && okh && w <= 64 && h <= 64
+}
+
 // isTrackingImage reports whether img is a tracking pixel: 1×1 or smaller.
 func isTrackingImage(img *html.Node) bool {
 	for _, k := range []string{"width", "height"} {
@@ -277,6 +357,9 @@ func isTrackingImage(img *html.Node) bool {
 
 func (s *htmlSanitizer) image(parent, img *html.Node) {
 	src := strings.TrimSpace(attr(img, "src"))
+	if urlScheme(src) == "" {
+		src = s.resolve(src)
+	}
 	alt := singleLine(attr(img, "alt"))
 	scheme := urlScheme(src)
 	var repl *html.Node
@@ -299,7 +382,8 @@ func (s *htmlSanitizer) image(parent, img *html.Node) {
 			repl = textNode(alt)
 		}
 	case "http", "https":
-		if isTrackingImage(img) || strings.TrimSpace(alt) == "" {
+		if isTrackingImage(img) || strings.TrimSpace(alt) == "" || isSmallImage(img) {
+			// Pixels, images without a description, logos and avatars.
 			break
 		}
 		if isInsideLink(img) {
@@ -398,6 +482,42 @@ func onlyBlankAfter(n *html.Node) bool {
 		return false
 	}
 	return true
+}
+
+// inlineTags are formatting elements that the converter cannot render
+// around a block (a table inside <b> comes out as one bold line per row).
+var inlineTags = map[string]bool{
+	"b": true, "strong": true, "i": true, "em": true, "u": true, "font": true, "span": true,
+	"s": true, "strike": true, "del": true, "ins": true, "small": true, "big": true, "sub": true,
+	"sup": true, "code": true, "tt": true, "mark": true, "label": true, "abbr": true, "cite": true,
+	"center": false,
+}
+
+var blockTags = map[string]bool{
+	"table": true, "div": true, "p": true, "ul": true, "ol": true, "dl": true, "h1": true, "h2": true,
+	"h3": true, "h4": true, "h5": true, "h6": true, "blockquote": true, "pre": true, "hr": true,
+	"section": true, "article": true, "header": true, "footer": true, "center": true, "li": true,
+}
+
+// unwrapInlineAroundBlocks removes inline formatting elements that contain
+// block elements (unclosed <b> or <font> in broken or old HTML), keeping
+// their content, so that tables and paragraphs inside still convert.
+func unwrapInlineAroundBlocks(n *html.Node) bool {
+	hasBlock := false
+	for c := n.FirstChild; c != nil; {
+		next := c.NextSibling
+		if c.Type == html.ElementNode {
+			inner := unwrapInlineAroundBlocks(c)
+			if inlineTags[c.Data] && inner {
+				unwrap(c)
+			}
+			if inner || blockTags[c.Data] {
+				hasBlock = true
+			}
+		}
+		c = next
+	}
+	return hasBlock
 }
 
 var blockInCell = map[string]bool{

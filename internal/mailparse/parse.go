@@ -56,6 +56,7 @@ type Message struct {
 	Warnings           []string
 
 	embedded []*Message  // parsed message/rfc822 parts, rendered after the body
+	segments []bodySegment // the body parts in document order
 	spills   []*spillBuf // spill buffers to remove on Close
 }
 
@@ -72,7 +73,7 @@ const (
 	defaultMaxBodyBytes   = 4 << 20
 	maxWarnings           = 50
 	maxParts              = 5000
-	maxDepth              = 30 // multipart nesting
+	maxDepth              = 64 // multipart nesting
 	maxMessageDepth       = 3  // message/rfc822 nesting rendered inline
 )
 
@@ -138,6 +139,39 @@ type parser struct {
 	text     strings.Builder
 	html     strings.Builder
 	warnMore int
+	altCtx   altCtx // the multipart/alternative the current part belongs to
+	altCount int
+	// charsets are the labels tried for raw 8-bit header bytes: the
+	// top-level Content-Type charset, then the charsets of the body parts.
+	charsets []string
+}
+
+// addCharset records a charset label as a fallback for raw 8-bit headers.
+func (p *parser) addCharset(label string) {
+	label = strings.TrimSpace(label)
+	if label == "" || len(p.charsets) >= 4 {
+		return
+	}
+	for _, c := range p.charsets {
+		if strings.EqualFold(c, label) {
+			return
+		}
+	}
+	p.charsets = append(p.charsets, label)
+}
+
+// altCtx locates a part below its nearest multipart/alternative ancestor:
+// id numbers the alternative (0: none), child is the index of the
+// alternative's child that holds the part.
+type altCtx struct{ id, child int }
+
+// bodySegment is one inline text/plain or text/html part. Render shows every
+// segment, except that of the children of one multipart/alternative only the
+// best one is shown.
+type bodySegment struct {
+	html bool
+	text string
+	alt  altCtx
 }
 
 type countingReader struct {
@@ -163,6 +197,11 @@ func (p *parser) run(r io.Reader) error {
 	hash := sha256.New()
 	src := countingReader{r: io.TeeReader(r, hash), n: &p.seen}
 	br := bufio.NewReaderSize(src, readBufSize)
+	if peek, _ := br.Peek(readBufSize); bytes.IndexByte(peek, '\n') < 0 && bytes.IndexByte(peek, '\r') >= 0 {
+		// Classic Mac OS line endings (CR only): translate them.
+		p.warn("the message uses CR-only line endings")
+		br = bufio.NewReaderSize(crReader{br}, readBufSize)
+	}
 
 	h, leftover, err := readHeader(br, true, p.warn)
 	if err != nil {
@@ -188,6 +227,9 @@ func (p *parser) run(r io.Reader) error {
 		return fault.New(fault.Invalid, "empty_message", "the message is empty")
 	}
 	m := p.msg
+	if _, tp := parseParams(h.Get("Content-Type"), func(string, ...any) {}); tp["charset"] != "" {
+		p.charsets = append([]string{tp["charset"]}, p.charsets...)
+	}
 	m.Text = p.text.String()
 	m.HTML = p.html.String()
 	if len(h) == 0 && strings.TrimSpace(m.Text) == "" && len(m.Attachments) == 0 {
@@ -204,15 +246,16 @@ func (p *parser) run(r io.Reader) error {
 func (p *parser) fillHeader(h header, digest string) {
 	m := p.msg
 	m.Header = make(map[string][]string, len(h))
+	cs := p.charsets
 	for _, f := range h {
 		k := canonicalKey(f.Name)
-		m.Header[k] = append(m.Header[k], headerText(f.Value, k+" header", func(string, ...any) {}))
+		m.Header[k] = append(m.Header[k], headerText(f.Value, k+" header", cs, func(string, ...any) {}))
 	}
-	m.Subject = singleLine(headerText(h.Get("Subject"), "subject", p.warn))
-	m.From = parseAddressList(h.Get("From"), "From", p.warn)
-	m.To = parseAddressList(strings.Join(h.Values("To"), ", "), "To", p.warn)
-	m.Cc = parseAddressList(strings.Join(h.Values("Cc"), ", "), "Cc", p.warn)
-	m.ReplyTo = parseAddressList(h.Get("Reply-To"), "Reply-To", p.warn)
+	m.Subject = singleLine(stripInvisible(headerText(h.Get("Subject"), "subject", cs, p.warn)))
+	m.From = parseAddressList(h.Get("From"), "From", cs, p.warn)
+	m.To = parseAddressList(strings.Join(h.Values("To"), ", "), "To", cs, p.warn)
+	m.Cc = parseAddressList(strings.Join(h.Values("Cc"), ", "), "Cc", cs, p.warn)
+	m.ReplyTo = parseAddressList(h.Get("Reply-To"), "Reply-To", cs, p.warn)
 	if d := h.Get("Date"); d != "" {
 		t, ok := parseDate(d)
 		if !ok {
@@ -265,8 +308,11 @@ func (p *parser) entity(h header, body *bufio.Reader, path, defaultCT string, de
 	}
 	boundary := params["boundary"]
 	if boundary == "" {
-		p.warn("%s in %s has no boundary: treated as text", ct, partName(path))
-		return p.leaf(h, "text/plain", params, body, childPath(path, 1))
+		if boundary = guessBoundary(body); boundary == "" {
+			p.warn("%s in %s has no boundary: treated as text", ct, partName(path))
+			return p.leaf(h, "text/plain", params, body, childPath(path, 1))
+		}
+		p.warn("%s in %s has no boundary parameter: boundary %q taken from the body", ct, partName(path), truncateForWarning(boundary))
 	}
 	if depth >= maxDepth {
 		p.warn("multipart nesting deeper than %d in %s: kept as an attachment", maxDepth, partName(path))
@@ -277,7 +323,18 @@ func (p *parser) entity(h header, body *bufio.Reader, path, defaultCT string, de
 		childDefault = "message/rfc822"
 	}
 	mr := newMultipartReader(body, boundary)
+	isAlt := ct == "multipart/alternative"
+	outerAlt := p.altCtx
+	defer func() { p.altCtx = outerAlt }()
+	altID := 0
+	if isAlt {
+		p.altCount++
+		altID = p.altCount
+	}
 	for i := 1; ; i++ {
+		if isAlt {
+			p.altCtx = altCtx{id: altID, child: i}
+		}
 		pr, err := mr.NextPart()
 		if err != nil {
 			return fault.Wrap(fault.Temporary, "read_failed", "reading the message failed", err)
@@ -344,6 +401,10 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 	if filename == "" {
 		filename = params["name"]
 	}
+	if !utf8.ValidString(filename) {
+		filename = decodeRawHeader([]byte(filename), "the file name of "+partName(path),
+			append([]string{params["charset"]}, p.charsets...), p.warn)
+	}
 	cid := stripAngle(unfold(h.Get("Content-ID")))
 	isText := ct == "text/plain" || ct == "text/html"
 	bodyPart := isText && disp != "attachment" && strings.TrimSpace(filename) == ""
@@ -384,6 +445,7 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 		if label == "" && ct == "text/html" {
 			label = htmlMetaCharset(raw)
 		}
+		p.addCharset(label)
 		truncated := sb.size > p.opts.MaxBodyBytes
 		if truncated {
 			raw = trimPartialRune(raw)
@@ -391,6 +453,9 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 		s := normalizeNewlines(decodeCharset(raw, label, partName(path), p.warn))
 		if ct == "text/plain" && strings.EqualFold(params["format"], "flowed") {
 			s = unflow(s, strings.EqualFold(params["delsp"], "yes"))
+		}
+		if ct == "text/plain" && p.msgDepth == 0 {
+			s = p.extractUU(s, path)
 		}
 		dst := &p.text
 		if ct == "text/html" {
@@ -400,6 +465,9 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 			dst.WriteString("\n\n")
 		}
 		dst.WriteString(s)
+		if strings.TrimSpace(s) != "" {
+			p.msg.segments = append(p.msg.segments, bodySegment{html: ct == "text/html", text: s, alt: p.altCtx})
+		}
 		if !truncated {
 			_ = sb.remove()
 			return nil
@@ -494,11 +562,25 @@ var extByType = map[string]string{
 	"audio/mpeg": ".mp3", "video/mp4": ".mp4",
 }
 
+// typeByExt maps a file extension to a content type (the inverse of extByType,
+// independent of the system's MIME tables so results are reproducible).
+var typeByExt = func() map[string]string {
+	m := map[string]string{".jpeg": "image/jpeg", ".htm": "text/html", ".log": "text/plain"}
+	for ct, ext := range extByType {
+		if cur, ok := m[ext]; !ok || ct < cur && !strings.HasPrefix(ct, "application/x-") && ct != "image/jpg" {
+			m[ext] = ct
+		}
+	}
+	m[".jpg"], m[".ics"], m[".txt"], m[".eml"] = "image/jpeg", "text/calendar", "text/plain", "message/rfc822"
+	m[".gz"], m[".p7s"], m[".xml"], m[".vcf"] = "application/gzip", "application/pkcs7-signature", "application/xml", "text/vcard"
+	return m
+}()
+
 // sanitizeFilename returns a file name without path, control or reserved
 // characters, never empty: "attachment-N.ext" (ext from the content type) when
 // there is no usable name, "winmail.dat" and "invite.ics" for TNEF and calendars.
 func sanitizeFilename(name, ct string, n int) string {
-	name = cleanString(name)
+	name = stripInvisible(cleanString(name))
 	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
 		if base := strings.TrimSpace(name[i+1:]); base != "" {
 			name = base
@@ -597,4 +679,145 @@ func unflow(s string, delsp bool) string {
 		}
 	}
 	return b.String()
+}
+
+// crReader turns CR line endings into LF (for CR-only messages).
+type crReader struct{ r io.Reader }
+
+func (c crReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	for i := range b[:n] {
+		if b[i] == '\r' {
+			b[i] = '\n'
+		}
+	}
+	return n, err
+}
+
+// guessBoundary looks at the start of a multipart body that has no boundary
+// parameter for a delimiter line ("--something") followed by a header line
+// or a blank line, and returns the boundary, or "".
+func guessBoundary(body *bufio.Reader) string {
+	peek, _ := body.Peek(readBufSize)
+	lines := strings.Split(strings.ReplaceAll(string(peek), "\r\n", "\n"), "\n")
+	for i, l := range lines {
+		if i+1 >= len(lines) || i > 200 {
+			break
+		}
+		l = strings.TrimRight(l, " \t")
+		if !strings.HasPrefix(l, "--") || len(l) < 3 || len(l) > 72 || strings.HasSuffix(l, "--") && len(l) > 4 {
+			continue
+		}
+		b := l[2:]
+		if strings.TrimLeft(b, "-") == "" {
+			continue // a rule made of dashes
+		}
+		next := lines[i+1]
+		if _, _, ok := headerLineName([]byte(next)); ok || strings.TrimSpace(next) == "" {
+			return b
+		}
+	}
+	return ""
+}
+
+var uuBeginRE = regexp.MustCompile(`(?m)^begin [0-7]{3,4} ([^\n]+)\n`)
+
+// extractUU moves uuencoded files ("begin 644 name" ... "end") from a text
+// body into attachments. A block that does not decode cleanly stays text.
+func (p *parser) extractUU(s, path string) string {
+	if !strings.Contains(s, "begin ") {
+		return s
+	}
+	var out strings.Builder
+	rest := s
+	for {
+		loc := uuBeginRE.FindStringSubmatchIndex(rest)
+		if loc == nil {
+			break
+		}
+		name := strings.TrimSpace(rest[loc[2]:loc[3]])
+		data, n, ok := decodeUUBlock(rest[loc[1]:])
+		if !ok {
+			out.WriteString(rest[:loc[1]])
+			rest = rest[loc[1]:]
+			continue
+		}
+		out.WriteString(rest[:loc[0]])
+		rest = rest[loc[1]+n:]
+		sb := &spillBuf{dir: p.opts.SpillDir, threshold: p.opts.SpillThreshold}
+		if _, err := sb.Write(data); err != nil {
+			_ = sb.remove()
+			p.warn("uuencoded file in %s could not be stored", partName(path))
+			continue
+		}
+		if err := sb.finish(); err != nil {
+			_ = sb.remove()
+			p.warn("uuencoded file in %s could not be stored", partName(path))
+			continue
+		}
+		ct := typeByExt[strings.ToLower(path2ext(name))]
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		p.msg.Attachments = append(p.msg.Attachments, &Attachment{
+			Filename:    sanitizeFilename(name, ct, len(p.msg.Attachments)+1),
+			ContentType: ct,
+			Size:        sb.size,
+			Open:        sb.open,
+		})
+		p.msg.spills = append(p.msg.spills, sb)
+	}
+	out.WriteString(rest)
+	return out.String()
+}
+
+func path2ext(name string) string { return path.Ext(strings.ReplaceAll(name, "\\", "/")) }
+
+// decodeUUBlock decodes uuencoded lines up to and including "end"; n is the
+// number of bytes of s consumed.
+func decodeUUBlock(s string) (data []byte, n int, ok bool) {
+	for n < len(s) {
+		end := strings.IndexByte(s[n:], '\n')
+		line := s[n:]
+		if end >= 0 {
+			line = s[n : n+end]
+			n += end + 1
+		} else {
+			n = len(s)
+		}
+		line = strings.TrimRight(line, " \r")
+		if line == "end" {
+			return data, n, true
+		}
+		if line == "" || line == "`" {
+			continue
+		}
+		cnt := int(line[0]-' ') & 63
+		if line[0] < ' ' || line[0] > '`' {
+			return nil, 0, false
+		}
+		var chunk []byte
+		for i := 1; i+3 < len(line)+3 && len(chunk) < cnt; i += 4 {
+			var q [4]byte
+			for k := 0; k < 4; k++ {
+				c := byte('`')
+				if i+k < len(line) {
+					c = line[i+k]
+				}
+				if c < ' ' || c > '`' {
+					return nil, 0, false
+				}
+				q[k] = (c - ' ') & 63
+			}
+			chunk = append(chunk, q[0]<<2|q[1]>>4, q[1]<<4|q[2]>>2, q[2]<<6|q[3])
+		}
+		if len(chunk) < cnt {
+			return nil, 0, false
+		}
+		data = append(data, chunk[:cnt]...)
+		if len(data) > 8<<20 {
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
 }

@@ -73,19 +73,15 @@ func Body(m *Message, opts RenderOptions) string {
 }
 
 func renderBody(m *Message, opts RenderOptions, depth int) string {
-	var md string
-	if strings.TrimSpace(m.HTML) != "" {
-		body, san := htmlToMarkdown(m.HTML, m.Attachments)
-		if strings.TrimSpace(strings.ReplaceAll(body, imgToken, "")) != "" || strings.TrimSpace(m.Text) == "" {
-			ref := opts.ImageRef
-			if depth > 0 {
-				ref = nil // the relay only uploads the outer message's files
-			}
-			md = san.resolveImages(neutralizeMentions(body), ref)
-		}
+	ref := opts.ImageRef
+	if depth > 0 {
+		ref = nil // the relay only uploads the outer message's files
 	}
-	if md == "" && strings.TrimSpace(m.Text) != "" {
-		md = neutralizeMentions(textToMarkdown(m.Text))
+	var md string
+	if len(m.segments) > 0 {
+		md = renderSegments(m, ref)
+	} else {
+		md = renderTextOrHTML(m.Text, m.HTML, m.Attachments, ref)
 	}
 	for _, e := range m.embedded {
 		var b strings.Builder
@@ -108,4 +104,93 @@ func renderBody(m *Message, opts RenderOptions, depth int) string {
 		md = b.String()
 	}
 	return md
+}
+
+// renderTextOrHTML renders from the HTML when it has any text, else from the
+// plain text.
+func renderTextOrHTML(text, htm string, atts []*Attachment, ref func(*Attachment) string) string {
+	if strings.TrimSpace(htm) != "" {
+		body, san := htmlToMarkdown(htm, atts)
+		if strings.TrimSpace(strings.ReplaceAll(body, imgToken, "")) != "" || strings.TrimSpace(text) == "" {
+			return san.resolveImages(neutralizeMentions(body), ref)
+		}
+	}
+	if strings.TrimSpace(text) != "" {
+		return neutralizeMentions(textToMarkdown(text))
+	}
+	return ""
+}
+
+// renderSegments renders the body parts in document order. Of the children of
+// a multipart/alternative only one is shown: the last one with HTML that has
+// text, else the last one with plain text, else the last one.
+func renderSegments(m *Message, ref func(*Attachment) string) string {
+	var out []string
+	done := map[int]bool{}
+	for i, sg := range m.segments {
+		if sg.alt.id == 0 {
+			if r := renderSegment(sg, m.Attachments, ref); strings.TrimSpace(r) != "" {
+				out = append(out, r)
+			}
+			continue
+		}
+		if done[sg.alt.id] {
+			continue
+		}
+		done[sg.alt.id] = true
+		// The segments of this alternative, grouped by child, rendered.
+		type child struct {
+			idx      int
+			rendered []string
+			html     bool // has HTML with text
+			any      bool
+		}
+		var children []*child
+		for _, s2 := range m.segments[i:] {
+			if s2.alt.id != sg.alt.id {
+				continue
+			}
+			if len(children) == 0 || children[len(children)-1].idx != s2.alt.child {
+				children = append(children, &child{idx: s2.alt.child})
+			}
+			c := children[len(children)-1]
+			r := renderSegment(s2, m.Attachments, ref)
+			if strings.TrimSpace(r) == "" {
+				continue
+			}
+			c.rendered = append(c.rendered, r)
+			c.any = true
+			if s2.html {
+				c.html = true
+			}
+		}
+		var best *child
+		for _, c := range children {
+			if c.html {
+				best = c
+			}
+		}
+		if best == nil {
+			for _, c := range children {
+				if c.any {
+					best = c
+				}
+			}
+		}
+		if best != nil {
+			out = append(out, best.rendered...)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+func renderSegment(sg bodySegment, atts []*Attachment, ref func(*Attachment) string) string {
+	if sg.html {
+		body, san := htmlToMarkdown(sg.text, atts)
+		if strings.TrimSpace(strings.ReplaceAll(body, imgToken, "")) == "" && !strings.Contains(body, imgToken) {
+			return ""
+		}
+		return san.resolveImages(neutralizeMentions(body), ref)
+	}
+	return neutralizeMentions(textToMarkdown(sg.text))
 }
