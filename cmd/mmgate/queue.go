@@ -244,14 +244,12 @@ func printShow(w io.Writer, m spool.Message, events []spool.Event, ledger []spoo
 	if len(ledger) == 0 {
 		fmt.Fprintln(w, "  none yet")
 	}
-	{
-		for _, l := range ledger {
-			post := l.PostID
-			if post == "" {
-				post = "(attempted " + l.IntentAt.Local().Format(time.TimeOnly) + ", not confirmed)"
-			}
-			fmt.Fprintf(w, "  %-32s %-10s %s\n", l.Dest, l.Part, post)
+	for _, l := range ledger {
+		post := l.PostID
+		if post == "" {
+			post = "(attempted " + l.IntentAt.Local().Format(time.TimeOnly) + ", not confirmed)"
 		}
+		fmt.Fprintf(w, "  %-32s %-10s %s\n", l.Dest, l.Part, post)
 	}
 }
 
