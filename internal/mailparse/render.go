@@ -129,7 +129,7 @@ func renderSegments(m *Message, ref func(*Attachment) string) string {
 	done := map[int]bool{}
 	for i, sg := range m.segments {
 		if sg.alt.id == 0 {
-			if r := renderSegment(sg, m.Attachments, ref); strings.TrimSpace(r) != "" {
+			if r, _ := renderSegment(sg, m.Attachments, ref); r != "" {
 				out = append(out, r)
 			}
 			continue
@@ -154,13 +154,13 @@ func renderSegments(m *Message, ref func(*Attachment) string) string {
 				children = append(children, &child{idx: s2.alt.child})
 			}
 			c := children[len(children)-1]
-			r := renderSegment(s2, m.Attachments, ref)
-			if strings.TrimSpace(r) == "" {
+			r, hasText := renderSegment(s2, m.Attachments, ref)
+			if r == "" {
 				continue
 			}
 			c.rendered = append(c.rendered, r)
 			c.any = true
-			if s2.html {
+			if s2.html && hasText {
 				c.html = true
 			}
 		}
@@ -184,13 +184,17 @@ func renderSegments(m *Message, ref func(*Attachment) string) string {
 	return strings.Join(out, "\n\n")
 }
 
-func renderSegment(sg bodySegment, atts []*Attachment, ref func(*Attachment) string) string {
+// renderSegment renders one body part; hasText is false when an HTML part
+// holds nothing but images.
+func renderSegment(sg bodySegment, atts []*Attachment, ref func(*Attachment) string) (md string, hasText bool) {
 	if sg.html {
 		body, san := htmlToMarkdown(sg.text, atts)
-		if strings.TrimSpace(strings.ReplaceAll(body, imgToken, "")) == "" && !strings.Contains(body, imgToken) {
-			return ""
+		hasText = strings.TrimSpace(strings.ReplaceAll(body, imgToken, "")) != ""
+		if !hasText && !strings.Contains(body, imgToken) {
+			return "", false
 		}
-		return san.resolveImages(neutralizeMentions(body), ref)
+		return san.resolveImages(neutralizeMentions(body), ref), hasText
 	}
-	return neutralizeMentions(textToMarkdown(sg.text))
+	md = neutralizeMentions(textToMarkdown(sg.text))
+	return md, strings.TrimSpace(md) != ""
 }

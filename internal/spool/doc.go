@@ -1,0 +1,76 @@
+// Package spool owns mmgate's durable message store and delivery scheduling:
+// the raw bytes of every accepted message (a blob store), its metadata and
+// history (SQLite tables), the exactly-once ledger of Mattermost posts, and the
+// River jobs that hand each message to the relay's Handler.
+//
+// The spool never parses, routes or posts a message and never talks to the
+// network: it only stores, schedules and records what the Handler decided. It
+// must never acknowledge a message that is not durable, never lose an
+// acknowledged message, and never leave one stuck without a way forward.
+//
+// # Durability protocol
+//
+// Accept streams the body into BlobDir/tmp/<id>.tmp through a fixed buffer,
+// fsyncs it and renames it to BlobDir/<shard>/<id>.eml (shard: two hex digits
+// of a hash of the id). The request is then handed to a single committer
+// goroutine that batches whatever Accepts queued up meanwhile (up to 256): it
+// fsyncs each touched shard directory once (in parallel), inserts every River
+// job, message row and "received" event in ONE SQLite transaction
+// (journal_mode=WAL, synchronous=FULL) and commits, then answers every caller.
+// Only then does Accept return the id, so that the intake may say 250. If the
+// commit fails, every caller of the batch gets a fault.Temporary error
+// ("spool_unavailable") and its blob is removed.
+//
+// A blob without a row (crash between rename and commit) is an orphan: the
+// sender got no 250 and will retry; orphans older than an hour are removed by
+// the sweep that runs shortly after Start. Temp files older than an hour are
+// removed at Open (younger ones may belong to another process, e.g. a pipe
+// intake, still writing).
+//
+// # States and transitions
+//
+//	Accept ──► queued ──► (job runs: attempt+1, "attempt" event, Handler.Handle)
+//	               │
+//	               ├─ OutcomePosted ─────► posted ──(Retention)──► posted, body purged
+//	               ├─ OutcomeQuarantine ─► quarantined
+//	               └─ OutcomeRetry ──────► retrying ──(NextTry)──► job runs again …
+//	                                          │
+//	                                          └─ older than MaxRetryAge ─► quarantined ("gave up after …")
+//
+//	quarantined ──Release──► queued (new job, new retry cycle)
+//	quarantined ──Delete───► gone (row, events, ledger and blob removed)
+//	queued/retrying ──Retry──► due now (same state)
+//
+// posted is final. MaxRetryAge counts from the start of the current delivery
+// cycle: ReceivedAt, or the last Release.
+//
+// # Jobs
+//
+// Every queued or retrying message has exactly one live River job, whose id is
+// stored in messages.job_id. A job whose id is not the message's current job
+// (stale after a Release) or whose message is no longer queued/retrying
+// completes without calling the Handler. Posted and quarantined outcomes
+// complete the job in the same transaction that changes the message's state
+// (river.JobCompleteTx); a retry commits the new state, then snoozes the job
+// (river.JobSnooze does not consume River attempts, and jobs are inserted with
+// a practically unlimited MaxAttempts, so a message never runs out of them).
+//
+// A crash at any point may make the Handler run again for the same message (the
+// relay's ledger makes that harmless) but never loses it: at Open, the single
+// worker process (the one with a Handler, guarded by an flock on <Path>.lock)
+// makes River jobs left "running" available again, and gives every queued/retrying message whose job
+// is missing or finalized a new job. River's stuck-job rescuer covers handlers
+// that hang past JobTimeout.
+//
+// Other processes (the CLI, a pipe intake) may open the same files without a
+// Handler: they store and administer, and the worker process picks up their
+// jobs by polling.
+//
+// # Layout for other backends
+//
+// Raw bytes live behind the small blobStore interface (dir implementation
+// here; an S3 one can be added). All SQL lives in sql.go; River is used
+// through its database/sql SQLite driver. A PostgreSQL backend would
+// reimplement sql.go's statements and the River client wiring (riverpgxv5);
+// spooltest.Run is the conformance suite every backend must pass.
+package spool

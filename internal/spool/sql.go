@@ -1,0 +1,513 @@
+package spool
+
+// All of the spool's SQL lives in this file (SQLite dialect, "?" placeholders,
+// times as INTEGER unix microseconds). A PostgreSQL backend reimplements these
+// functions; nothing else in the package builds SQL.
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// dbtx is satisfied by *sql.DB and *sql.Tx.
+type dbtx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+const schemaVersion = 1
+
+var schemaSQL = []string{
+	`CREATE TABLE IF NOT EXISTS spool_meta (
+		key   TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	)`,
+	`CREATE TABLE IF NOT EXISTS messages (
+		id          TEXT PRIMARY KEY,
+		envelope    TEXT NOT NULL,
+		received_at INTEGER NOT NULL,
+		size        INTEGER NOT NULL,
+		state       TEXT NOT NULL CHECK (state IN ('queued','retrying','posted','quarantined')),
+		app         TEXT NOT NULL DEFAULT '',
+		subject     TEXT NOT NULL DEFAULT '',
+		message_id  TEXT NOT NULL DEFAULT '',
+		attempt     INTEGER NOT NULL DEFAULT 0,
+		next_try    INTEGER,
+		last_error  TEXT NOT NULL DEFAULT '',
+		reason      TEXT NOT NULL DEFAULT '',
+		updated_at  INTEGER NOT NULL,
+		body_purged INTEGER NOT NULL DEFAULT 0,
+		job_id      INTEGER,
+		cycle_start INTEGER NOT NULL
+	)`,
+	`CREATE INDEX IF NOT EXISTS messages_state_id ON messages (state, id)`,
+	`CREATE INDEX IF NOT EXISTS messages_app_id ON messages (app, id)`,
+	`CREATE INDEX IF NOT EXISTS messages_state_updated ON messages (state, body_purged, updated_at)`,
+	`CREATE TABLE IF NOT EXISTS events (
+		seq        INTEGER PRIMARY KEY,
+		message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+		at         INTEGER NOT NULL,
+		kind       TEXT NOT NULL,
+		detail     TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE INDEX IF NOT EXISTS events_message ON events (message_id, seq)`,
+	`CREATE TABLE IF NOT EXISTS ledger (
+		message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+		dest       TEXT NOT NULL,
+		part       TEXT NOT NULL,
+		channel_id TEXT NOT NULL DEFAULT '',
+		post_id    TEXT NOT NULL DEFAULT '',
+		intent_at  INTEGER,
+		done_at    INTEGER,
+		PRIMARY KEY (message_id, dest, part)
+	)`,
+	`CREATE TABLE IF NOT EXISTS spool_probe (
+		k  INTEGER PRIMARY KEY,
+		at INTEGER NOT NULL
+	)`,
+}
+
+func sqlMigrate(ctx context.Context, tx *sql.Tx) error {
+	for _, q := range schemaSQL {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("schema: %w", err)
+		}
+	}
+	var v string
+	err := tx.QueryRowContext(ctx, `SELECT value FROM spool_meta WHERE key = 'schema_version'`).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		_, err = tx.ExecContext(ctx, `INSERT INTO spool_meta (key, value) VALUES ('schema_version', ?)`, fmt.Sprint(schemaVersion))
+		return err
+	case err != nil:
+		return err
+	case v != fmt.Sprint(schemaVersion):
+		return fmt.Errorf("spool schema version %s is not supported by this build (want %d)", v, schemaVersion)
+	}
+	return nil
+}
+
+func toDB(t time.Time) int64 { return t.UnixMicro() }
+
+func fromDB(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+func nullTime(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: toDB(t), Valid: true}
+}
+
+func fromNull(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return fromDB(v.Int64)
+}
+
+// msgRow is a messages row: the public Message plus internal bookkeeping.
+type msgRow struct {
+	Message
+	jobID      int64
+	cycleStart time.Time
+}
+
+const msgCols = `id, envelope, received_at, size, state, app, subject, message_id, attempt,
+	next_try, last_error, reason, updated_at, body_purged, job_id, cycle_start`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanMsg(sc scanner) (msgRow, error) {
+	var (
+		r                        msgRow
+		env                      string
+		received, updated, cycle int64
+		nextTry, jobID           sql.NullInt64
+		purged                   int64
+		state                    string
+	)
+	err := sc.Scan(&r.ID, &env, &received, &r.Size, &state, &r.App, &r.Subject, &r.MessageID, &r.Attempt,
+		&nextTry, &r.LastError, &r.Reason, &updated, &purged, &jobID, &cycle)
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal([]byte(env), &r.Envelope); err != nil {
+		return r, fmt.Errorf("message %s: bad envelope: %w", r.ID, err)
+	}
+	r.State = State(state)
+	r.ReceivedAt = fromDB(received)
+	r.UpdatedAt = fromDB(updated)
+	r.NextTry = fromNull(nextTry)
+	r.BodyPurged = purged != 0
+	r.jobID = jobID.Int64
+	r.cycleStart = fromDB(cycle)
+	return r, nil
+}
+
+// sqlGetMessage returns sql.ErrNoRows when id is unknown.
+func sqlGetMessage(ctx context.Context, q dbtx, id string) (msgRow, error) {
+	return scanMsg(q.QueryRowContext(ctx, `SELECT `+msgCols+` FROM messages WHERE id = ?`, id))
+}
+
+const insertMessageSQL = `INSERT INTO messages (id, envelope, received_at, size, state, app, updated_at, job_id, cycle_start)
+	VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)`
+
+const insertEventSQL = `INSERT INTO events (message_id, at, kind, detail) VALUES (?, ?, ?, ?)`
+
+// sqlInsertAccepted inserts the rows of one committed batch (jobs already inserted).
+func sqlInsertAccepted(ctx context.Context, tx *sql.Tx, reqs []*acceptReq, jobIDs []int64, now time.Time) error {
+	msgStmt, err := tx.PrepareContext(ctx, insertMessageSQL)
+	if err != nil {
+		return err
+	}
+	defer msgStmt.Close()
+	evStmt, err := tx.PrepareContext(ctx, insertEventSQL)
+	if err != nil {
+		return err
+	}
+	defer evStmt.Close()
+	for i, r := range reqs {
+		received := toDB(r.receivedAt)
+		if _, err := msgStmt.ExecContext(ctx, r.id, r.envJSON, received, r.size, r.env.App, toDB(now), jobIDs[i], received); err != nil {
+			return fmt.Errorf("insert message: %w", err)
+		}
+		if _, err := evStmt.ExecContext(ctx, r.id, received, "received", r.eventDetail()); err != nil {
+			return fmt.Errorf("insert event: %w", err)
+		}
+	}
+	return nil
+}
+
+// sqlAddEvent adds an event; it reports false when the message does not exist.
+func sqlAddEvent(ctx context.Context, q dbtx, id string, at time.Time, kind, detail string) (bool, error) {
+	res, err := q.ExecContext(ctx, `INSERT INTO events (message_id, at, kind, detail)
+		SELECT id, ?, ?, ? FROM messages WHERE id = ?`, toDB(at), kind, detail, id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+func sqlEvents(ctx context.Context, q dbtx, id string) ([]Event, error) {
+	rows, err := q.QueryContext(ctx, `SELECT at, kind, detail FROM events WHERE message_id = ? ORDER BY seq`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var evs []Event
+	for rows.Next() {
+		var (
+			e  Event
+			at int64
+		)
+		if err := rows.Scan(&at, &e.Kind, &e.Detail); err != nil {
+			return nil, err
+		}
+		e.At = fromDB(at)
+		evs = append(evs, e)
+	}
+	return evs, rows.Err()
+}
+
+func sqlList(ctx context.Context, q dbtx, f ListFilter) ([]Message, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if len(f.States) > 0 {
+		ph := make([]string, len(f.States))
+		for i, st := range f.States {
+			ph[i] = "?"
+			args = append(args, string(st))
+		}
+		where = append(where, "state IN ("+strings.Join(ph, ",")+")")
+	}
+	if f.App != "" {
+		where = append(where, "app = ?")
+		args = append(args, f.App)
+	}
+	if f.Before != "" {
+		where = append(where, "id < ?")
+		args = append(args, f.Before)
+	}
+	query := `SELECT ` + msgCols + ` FROM messages`
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY id DESC LIMIT ?"
+	args = append(args, f.Limit)
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]Message, 0, 16)
+	for rows.Next() {
+		r, err := scanMsg(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r.Message)
+	}
+	return out, rows.Err()
+}
+
+func sqlCounts(ctx context.Context, q dbtx) (map[State]int, error) {
+	rows, err := q.QueryContext(ctx, `SELECT state, count(*) FROM messages GROUP BY state`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[State]int, len(AllStates))
+	for _, st := range AllStates {
+		out[st] = 0
+	}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[State(st)] = n
+	}
+	return out, rows.Err()
+}
+
+// sqlSetInfo updates the non-empty fields; false when the message is unknown.
+func sqlSetInfo(ctx context.Context, q dbtx, id, app, subject, messageID string, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE messages SET
+		app = CASE WHEN ? <> '' THEN ? ELSE app END,
+		subject = CASE WHEN ? <> '' THEN ? ELSE subject END,
+		message_id = CASE WHEN ? <> '' THEN ? ELSE message_id END,
+		updated_at = ?
+		WHERE id = ?`, app, app, subject, subject, messageID, messageID, toDB(now), id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// sqlClaim records the start of a delivery attempt for the message's current job.
+func sqlClaim(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE messages SET attempt = attempt + 1, updated_at = ?
+		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying')`, toDB(now), id, jobID)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// sqlFinish moves the message (still owned by jobID) to state; false if it is not.
+func sqlFinish(ctx context.Context, q dbtx, id string, jobID int64, state State, lastError, reason string, nextTry, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?
+		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying')`,
+		string(state), lastError, reason, nullTime(nextTry), toDB(now), id, jobID)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// sqlRequeue makes a quarantined (or job-less) message queued with a new job and a new retry cycle.
+func sqlRequeue(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) error {
+	_, err := q.ExecContext(ctx, `UPDATE messages SET state = 'queued', reason = '', last_error = '', next_try = NULL,
+		job_id = ?, cycle_start = ?, updated_at = ? WHERE id = ?`, jobID, toDB(now), toDB(now), id)
+	return err
+}
+
+// sqlSetJob points a queued/retrying message at a new job.
+func sqlSetJob(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) error {
+	_, err := q.ExecContext(ctx, `UPDATE messages SET job_id = ?, updated_at = ? WHERE id = ?`, jobID, toDB(now), id)
+	return err
+}
+
+func sqlSetNextTry(ctx context.Context, q dbtx, id string, nextTry, now time.Time) error {
+	_, err := q.ExecContext(ctx, `UPDATE messages SET next_try = ?, updated_at = ? WHERE id = ?`, nullTime(nextTry), toDB(now), id)
+	return err
+}
+
+func sqlDeleteMessage(ctx context.Context, q dbtx, id string) error {
+	_, err := q.ExecContext(ctx, `DELETE FROM messages WHERE id = ?`, id)
+	return err
+}
+
+// sqlPurgeCandidates lists posted messages with a body, last updated before cutoff.
+func sqlPurgeCandidates(ctx context.Context, q dbtx, cutoff time.Time, limit int) ([]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id FROM messages WHERE state = 'posted' AND body_purged = 0 AND updated_at < ?
+		ORDER BY updated_at LIMIT ?`, toDB(cutoff), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+func sqlMarkPurged(ctx context.Context, q dbtx, id string, now time.Time) error {
+	if _, err := q.ExecContext(ctx, `UPDATE messages SET body_purged = 1 WHERE id = ? AND state = 'posted'`, id); err != nil {
+		return err
+	}
+	_, err := sqlAddEvent(ctx, q, id, now, "purged", "raw message removed after retention")
+	return err
+}
+
+// sqlExisting returns the subset of ids that have a messages row.
+func sqlExisting(ctx context.Context, q dbtx, ids []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	ph := strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	rows, err := q.QueryContext(ctx, `SELECT id FROM messages WHERE id IN (`+ph+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
+func sqlProbe(ctx context.Context, q dbtx, now time.Time) error {
+	_, err := q.ExecContext(ctx, `INSERT OR REPLACE INTO spool_probe (k, at) VALUES (1, ?)`, toDB(now))
+	return err
+}
+
+// sqlReviveRunningJobs makes River jobs left "running" by a dead process
+// available again. Only the process holding the worker lock may call it.
+func sqlReviveRunningJobs(ctx context.Context, q dbtx) (int64, error) {
+	res, err := q.ExecContext(ctx, `UPDATE river_job SET state = 'available' WHERE state = 'running'`)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// sqlJoblessMessages lists queued/retrying messages whose job is missing or finalized.
+func sqlJoblessMessages(ctx context.Context, q dbtx) ([]msgRow, error) {
+	rows, err := q.QueryContext(ctx, `SELECT `+prefixCols("m.", msgCols)+` FROM messages m
+		LEFT JOIN river_job j ON j.id = m.job_id
+		WHERE m.state IN ('queued','retrying') AND (j.id IS NULL OR j.state IN ('completed','cancelled','discarded'))`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []msgRow
+	for rows.Next() {
+		r, err := scanMsg(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func prefixCols(prefix, cols string) string {
+	parts := strings.Split(cols, ",")
+	for i, p := range parts {
+		parts[i] = prefix + strings.TrimSpace(p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Ledger.
+
+const ledgerCols = `message_id, dest, part, channel_id, post_id, intent_at, done_at`
+
+func scanLedger(sc scanner) (LedgerEntry, error) {
+	var (
+		e              LedgerEntry
+		intent, doneAt sql.NullInt64
+	)
+	if err := sc.Scan(&e.MessageID, &e.Dest, &e.Part, &e.ChannelID, &e.PostID, &intent, &doneAt); err != nil {
+		return e, err
+	}
+	e.IntentAt = fromNull(intent)
+	e.DoneAt = fromNull(doneAt)
+	return e, nil
+}
+
+func sqlLedgerGet(ctx context.Context, q dbtx, msgID, dest, part string) (LedgerEntry, error) {
+	return scanLedger(q.QueryRowContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ? AND dest = ? AND part = ?`, msgID, dest, part))
+}
+
+func sqlLedgerIntent(ctx context.Context, q dbtx, msgID, dest, part, channelID string, now time.Time) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO ledger (message_id, dest, part, channel_id, intent_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (message_id, dest, part) DO UPDATE SET
+			channel_id = CASE WHEN excluded.channel_id <> '' THEN excluded.channel_id ELSE ledger.channel_id END,
+			intent_at = coalesce(ledger.intent_at, excluded.intent_at)`,
+		msgID, dest, part, channelID, toDB(now))
+	return err
+}
+
+// sqlLedgerDone records the post id unless a different one is already recorded
+// (then it reports false).
+func sqlLedgerDone(ctx context.Context, q dbtx, msgID, dest, part, postID string, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `INSERT INTO ledger (message_id, dest, part, post_id, intent_at, done_at) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (message_id, dest, part) DO UPDATE SET
+			post_id = excluded.post_id,
+			done_at = coalesce(ledger.done_at, excluded.done_at)
+		WHERE ledger.post_id = '' OR ledger.post_id = excluded.post_id`,
+		msgID, dest, part, postID, toDB(now), toDB(now))
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+func sqlLedgerList(ctx context.Context, q dbtx, msgID string) ([]LedgerEntry, error) {
+	rows, err := q.QueryContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ?
+		ORDER BY coalesce(intent_at, done_at), dest, part`, msgID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []LedgerEntry
+	for rows.Next() {
+		e, err := scanLedger(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func sqlMessageExists(ctx context.Context, q dbtx, id string) (bool, error) {
+	var one int
+	err := q.QueryRowContext(ctx, `SELECT 1 FROM messages WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}

@@ -1,0 +1,261 @@
+package spool
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/mmgate/mmgate/internal/metrics"
+)
+
+// deliverArgs is the River job that hands one message to the Handler.
+type deliverArgs struct {
+	MessageID string `json:"message_id"`
+}
+
+func (deliverArgs) Kind() string { return "mmgate_deliver" }
+
+type deliverWorker struct {
+	river.WorkerDefaults[deliverArgs]
+	s *Spool
+}
+
+// busySnooze is how long a job waits when its message is already being
+// handled in this process (a duplicate job after a rescue).
+const busySnooze = time.Second
+
+func (w *deliverWorker) Work(ctx context.Context, job *river.Job[deliverArgs]) error {
+	return w.s.deliver(ctx, job)
+}
+
+func (s *Spool) markInflight(id string) bool {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if s.inflight[id] {
+		return false
+	}
+	s.inflight[id] = true
+	return true
+}
+
+func (s *Spool) clearInflight(id string) {
+	s.inflightMu.Lock()
+	delete(s.inflight, id)
+	s.inflightMu.Unlock()
+}
+
+// deliver runs one delivery attempt. Returning nil completes the job; a
+// river.JobSnooze reschedules it without consuming River attempts; any other
+// error (database trouble) lets River retry it.
+func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error {
+	id := job.Args.MessageID
+	if !s.markInflight(id) {
+		return river.JobSnooze(busySnooze)
+	}
+	defer s.clearInflight(id)
+
+	// Bookkeeping must outlive the job's deadline.
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+
+	msg, ok, err := s.claim(bctx, id, job.ID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		s.log.Debug("spool: stale delivery job", "id", id, "job_id", job.ID)
+		return nil
+	}
+
+	out := s.callHandler(ctx, msg)
+	return s.applyOutcome(bctx, job, msg, out)
+}
+
+// claim counts the attempt if jobID still owns a queued/retrying message.
+func (s *Spool) claim(ctx context.Context, id string, jobID int64) (Message, bool, error) {
+	var (
+		msg     Message
+		claimed bool
+	)
+	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		now := s.now()
+		ok, err := sqlClaim(ctx, tx, id, jobID, now)
+		if err != nil || !ok {
+			return err
+		}
+		r, err := sqlGetMessage(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if _, err := sqlAddEvent(ctx, tx, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt)); err != nil {
+			return err
+		}
+		msg, claimed = r.Message, true
+		return nil
+	})
+	return msg, claimed, err
+}
+
+func (s *Spool) callHandler(ctx context.Context, msg Message) (out Outcome) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("spool: handler panicked", "id", msg.ID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			out = Outcome{Kind: OutcomeRetry, Reason: fmt.Sprintf("panic: %v", v)}
+		}
+	}()
+	out = s.opts.Handler.Handle(ctx, msg)
+	switch out.Kind {
+	case OutcomePosted, OutcomeRetry, OutcomeQuarantine:
+	default:
+		out = Outcome{Kind: OutcomeRetry, Reason: fmt.Sprintf("handler returned an invalid outcome (%d): %s", out.Kind, out.Reason)}
+	}
+	return out
+}
+
+// riverSchedulerInterval is River's default JobSchedulerInterval: jobs due
+// sooner than this are made available directly (as river.JobSnooze does), later
+// ones wait as "scheduled" for River's scheduler.
+const riverSchedulerInterval = 5 * time.Second
+
+// snoozeTx reschedules the running job for nextTry inside tx, as
+// river.JobSnooze would after Work returns, but atomically with the message's
+// state: an operator's Retry that sees "retrying" always finds the job
+// rescheduled. The attempt is given back, so snoozes never exhaust River's
+// MaxAttempts. When Work then returns nil, River finds the job no longer
+// running and leaves it alone.
+func (s *Spool) snoozeTx(ctx context.Context, tx *sql.Tx, job *rivertype.JobRow, nextTry time.Time, delay time.Duration) error {
+	attempt := max(job.Attempt-1, 0)
+	p := riverdriver.JobSetStateSnoozed(job.ID, nextTry, attempt, nil)
+	if delay <= riverSchedulerInterval {
+		p = riverdriver.JobSetStateSnoozedAvailable(job.ID, nextTry, attempt, nil)
+	}
+	rows, err := s.driver.UnwrapExecutor(tx).JobSetStateIfRunningMany(ctx, &riverdriver.JobSetStateIfRunningManyParams{
+		ID:              []int64{p.ID},
+		Attempt:         []*int{p.Attempt},
+		ErrData:         [][]byte{nil},
+		FinalizedAt:     []*time.Time{nil},
+		MetadataDoMerge: []bool{false},
+		MetadataUpdates: [][]byte{nil},
+		ScheduledAt:     []*time.Time{p.ScheduledAt},
+		State:           []rivertype.JobState{p.State},
+	})
+	if err != nil {
+		return fmt.Errorf("snooze job %d: %w", job.ID, err)
+	}
+	if len(rows) != 1 || rows[0].State != p.State {
+		return fmt.Errorf("snooze job %d: job is not running", job.ID)
+	}
+	return nil
+}
+
+// backoff returns the delay before retry number attempt (1-based): RetryMin
+// doubling up to RetryMax, with ±20% jitter, kept within [RetryMin, RetryMax].
+func (s *Spool) backoff(attempt int) time.Duration {
+	lo, hi := s.opts.RetryMin, s.opts.RetryMax
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	if span := int64(d) * 2 / 5; span > 0 {
+		d += time.Duration(rand.Int64N(span+1)) - d/5
+	}
+	return min(max(d, lo), hi)
+}
+
+func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], msg Message, out Outcome) error {
+	id := msg.ID
+	var (
+		state     = StatePosted
+		eventKind = "posted"
+		detail    = out.Reason
+		reason    string
+		lastError string
+		nextTry   time.Time
+		delay     time.Duration
+		reasonTag = "handler"
+	)
+	now := s.now()
+	row, err := sqlGetMessage(ctx, s.db, id)
+	if err != nil {
+		return err
+	}
+	switch out.Kind {
+	case OutcomePosted:
+		if detail == "" {
+			detail = fmt.Sprintf("posted on attempt %d", msg.Attempt)
+		}
+	case OutcomeQuarantine:
+		state, eventKind, reason = StateQuarantined, "quarantined", out.Reason
+		if reason == "" {
+			reason = "quarantined by the relay"
+		}
+		detail = reason
+	case OutcomeRetry:
+		lastError = out.Reason
+		if lastError == "" {
+			lastError = "temporary failure"
+		}
+		if age := now.Sub(row.cycleStart); age > s.opts.MaxRetryAge {
+			state, eventKind, reasonTag = StateQuarantined, "quarantined", "gave_up"
+			reason = fmt.Sprintf("gave up after %s: %s", age.Round(time.Second), lastError)
+			detail = reason
+			break
+		}
+		delay = max(s.backoff(msg.Attempt), out.RetryAfter)
+		nextTry = now.Add(delay)
+		state, eventKind = StateRetrying, "retry"
+		detail = fmt.Sprintf("attempt %d failed: %s; next try in %s", msg.Attempt, lastError, delay.Round(time.Millisecond))
+	}
+
+	var applied bool
+	err = s.withTx(ctx, func(tx *sql.Tx) error {
+		ok, err := sqlFinish(ctx, tx, id, job.ID, state, lastError, reason, nextTry, now)
+		if err != nil || !ok {
+			return err
+		}
+		if _, err := sqlAddEvent(ctx, tx, id, now, eventKind, detail); err != nil {
+			return err
+		}
+		// The job changes with the message's state, atomically.
+		if state == StateRetrying {
+			if err := s.snoozeTx(ctx, tx, job.JobRow, nextTry, delay); err != nil {
+				return err
+			}
+		} else if _, err := river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job); err != nil {
+			return err
+		}
+		applied = true
+		return nil
+	})
+	if err != nil {
+		s.log.Error("spool: recording delivery outcome failed; will run again", "id", id, "outcome", out.Kind.String(), "err", err)
+		return err
+	}
+	if !applied {
+		s.log.Warn("spool: message changed during delivery; outcome dropped", "id", id, "outcome", out.Kind.String())
+		return nil
+	}
+	app := row.App
+	switch state {
+	case StatePosted:
+		metrics.Posted.WithLabelValues(app).Inc()
+		metrics.DeliveryLatency.WithLabelValues(app).Observe(now.Sub(msg.ReceivedAt).Seconds())
+		s.log.Info("spool: posted", "id", id, "app", app, "attempt", msg.Attempt)
+	case StateQuarantined:
+		metrics.Quarantined.WithLabelValues(app, reasonTag).Inc()
+		s.log.Warn("spool: quarantined", "id", id, "app", app, "reason", reason)
+	case StateRetrying:
+		metrics.Retries.WithLabelValues(app).Inc()
+		s.log.Info("spool: delivery will be retried", "id", id, "app", app, "attempt", msg.Attempt, "in", delay, "err", lastError)
+	}
+	return nil
+}
