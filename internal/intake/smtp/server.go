@@ -14,7 +14,21 @@
 // bare LF line endings are normalised to CRLF (a lone CR is kept). The
 // end-of-data marker must be the standard <CRLF>.<CRLF>; "<LF>.<LF>" and the other
 // bare-LF variants are never taken as the end of a message (SMTP smuggling
-// protection), they stay message content.
+// protection), they stay message content. (go-smtp v0.25.1 accepts bare LF inside
+// DATA; after a bare LF it does not look for a leading dot, so dot-stuffing is
+// only undone on CRLF lines.) CHUNKING/BDAT is accepted as go-smtp offers it.
+//
+// AUTH PLAIN and LOGIN are offered and accepted over TLS, or without TLS only
+// when AllowInsecureAuth is set and the client connects from loopback. After
+// three failed attempts the connection is closed with 421 4.7.0. A message whose
+// client closed the connection before the end of the data is never stored.
+//
+// Metrics: one mmgate_smtp_sessions_total per accepted connection; the final
+// reply of MAIL, RCPT, DATA/BDAT and AUTH as produced by this package's session
+// in mmgate_smtp_replies_total (replies go-smtp sends without asking the
+// session, such as 552 for a SIZE= parameter, 501 syntax errors or 502 bad
+// sequence, are not counted); mmgate_messages_received_total{intake="smtp"} per
+// stored message.
 package smtpintake
 
 import (
