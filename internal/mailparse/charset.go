@@ -75,6 +75,13 @@ func decodeCharset(b []byte, label, what string, warn func(string, ...any)) stri
 	if isUTF7Label(label) {
 		return cleanString(decodeUTF7(b))
 	}
+	if isLatinLabel(label) && (bytes.Contains(b, []byte("\x1b$B")) || bytes.Contains(b, []byte("\x1b$@"))) {
+		// Unlabelled (or us-ascii labelled) ISO-2022-JP: 7-bit, so it
+		// passes as UTF-8.
+		if e := lookupCharset("iso-2022-jp"); e != nil {
+			return decodeWith(e, b)
+		}
+	}
 	if isLatinLabel(label) && utf8.Valid(b) {
 		if label != "" && !isASCII(b) {
 			warn("%s is labelled %q but is valid UTF-8: decoded as UTF-8", what, label)

@@ -33,6 +33,23 @@
 // kind (Apple Mail's text, image, text) are appended. Everything else is an
 // Attachment, in document order: real attachments, inline images, text/calendar
 // invites (.ics), application/ms-tnef (winmail.dat) and message/rfc822 parts.
+// uuencoded files in a plain text body ("begin 644 name" ... "end") are moved
+// to attachments when they decode cleanly.
+//
+// Malformed mail: a multipart without a boundary parameter gets the boundary
+// of the first "--token" line of its body that is followed by a header or a
+// blank line; a part that ends with its parent (closing boundary missing)
+// loses its last line ending, as it would have before a delimiter; CR-only
+// messages (classic Mac OS) are read as if the CRs were LFs; nesting up to 64
+// multipart levels is walked (deeper content becomes one attachment).
+// Raw 8-bit bytes in headers that are not valid UTF-8 are decoded with the
+// top-level Content-Type charset, else the charset of the first body part,
+// else windows-1252 (every byte maps, so accents survive); raw ISO-2022-JP
+// escapes are recognised. The same goes for raw 8-bit file names. UTF-7
+// (unknown to the Encoding Standard) is decoded by a small decoder of its own.
+// Bidi embedding, override and isolate controls (U+202A–U+202E,
+// U+2066–U+2069) are removed from every string; subjects, display names and
+// file names also lose zero-width characters (not the joiner used by emoji).
 //
 // A nested message/rfc822 part is kept as an .eml attachment and, when it is not
 // larger than MaxBodyBytes, also parsed and rendered inline after the body
@@ -46,11 +63,18 @@
 // room. Attachments are not listed (the relay uploads them), only inline images
 // are referenced where they were.
 //
-// The body is rendered from the HTML part when it has any text, else from the
-// text part. HTML is sanitised before conversion (see html.go): scripts, styles,
+// The body is rendered from every inline text part in document order, except
+// that of the children of one multipart/alternative only one is shown: the
+// last one holding HTML with text, else the last one with plain text. So a
+// mixed text part followed by an HTML part shows both, and an alternative
+// whose HTML holds only images falls back to its text. HTML is sanitised before conversion (see html.go): scripts, styles,
 // forms, frames and other active content are removed, unsafe links lose their
 // URL, remote images become links (tracking pixels disappear), cid: images go
-// through RenderOptions.ImageRef, Outlook's conditional comments and Office
+// through RenderOptions.ImageRef, remote images declared at most 64×64 pixels
+// (logos, avatars) are dropped, relative links are resolved against
+// <base href> (ServiceNow) and protocol-relative ones as https, inline
+// formatting wrapped around blocks (an unclosed <b> before a table) is
+// unwrapped so the blocks still convert, Outlook's conditional comments and Office
 // namespaces are dropped, layout tables are flattened and quoted reply history
 // (Gmail's div.gmail_quote, Outlook's #divRplyFwdMsg or border-top separator,
 // blockquote type=cite) is kept but turned into a Markdown blockquote after a

@@ -43,6 +43,9 @@ func decodeWords(s, what string, warn func(string, ...any)) string {
 		}
 		j += i
 		charset, enc, text, end, ok := parseWord(s, j)
+		if ok && (enc == 'b' || enc == 'B') && !isBase64Text(text) {
+			ok = false // garbage, not base64: keep the word as it is
+		}
 		if !ok {
 			flush()
 			out.WriteString(s[i : j+2])
@@ -96,6 +99,15 @@ func parseWord(s string, i int) (charset string, enc byte, text string, end int,
 		return "", 0, "", 0, false
 	}
 	return rest[:q1], enc, body[:k], i + 2 + q1 + 3 + k + 2, true
+}
+
+func isBase64Text(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if b64Table[s[i]] == 0xFF && s[i] != '=' && s[i] != ' ' && s[i] != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeB64String(s string) []byte {

@@ -228,8 +228,9 @@ func (p *partReader) fill() error {
 	if len(seg) == 0 && errors.Is(err, io.EOF) {
 		p.done = true
 		mr.state = stateEOF
-		// The held line ending is content when no boundary follows.
-		p.pending = append(mr.scratch[:0], p.eolHeld...)
+		// A part that ends with its enclosing entity (closing boundary
+		// missing): its last line ending is taken as the one that belongs
+		// to the missing delimiter, as it would have been.
 		p.eolHeld = nil
 		return nil
 	}

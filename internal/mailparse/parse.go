@@ -55,9 +55,9 @@ type Message struct {
 	Attachments        []*Attachment       // in document order
 	Warnings           []string
 
-	embedded []*Message  // parsed message/rfc822 parts, rendered after the body
+	embedded []*Message    // parsed message/rfc822 parts, rendered after the body
 	segments []bodySegment // the body parts in document order
-	spills   []*spillBuf // spill buffers to remove on Close
+	spills   []*spillBuf   // spill buffers to remove on Close
 }
 
 // Options tunes Parse. The zero value is usable.
