@@ -3,6 +3,7 @@ package mailparse
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -22,14 +23,18 @@ func TestEscapeLine(t *testing.T) {
 		{"    code", "\u00a0\u00a0\u00a0\u00a0code"},
 		{"\tcode", "\u00a0\u00a0\u00a0\u00a0code"},
 		{"**bold** _it_ ~~s~~ `c`", "\\*\\*bold\\*\\* \\_it\\_ \\~\\~s\\~\\~ \\`c\\`"},
-		{"![x](http://t.example/p.gif)", `\!\[x\]\(<http://t.example/p.gif>\)`},
-		{"<b>x</b> &copy;", `\<b\>x\</b\> \&copy;`},
-		{"a | b", `a \| b`},
+		{"![x](http://t.example/p.gif)", `!\[x\](<http://t.example/p.gif>)`},
+		{"<b>x</b> &copy; a & b", `\<b>x\</b> \&copy; a & b`},
+		{"a | b", `a | b`},
+		{"| a | b |", `\| a | b |`},
+		{"# not a heading", `\# not a heading`},
+		{"> not a quote", `\> not a quote`},
+		{"~/path ~~struck~~", `~/path \~\~struck\~\~`},
 		{`back\slash`, `back\\slash`},
 		{"see https://example.com/a_b_(c)?q=x.", `see <https://example.com/a_b_(c)?q=x>.`},
 		{"*https://example.com/x*", `\*<https://example.com/x>\*`},
 		{"mail first_last@example.com now", `mail <first_last@example.com> now`},
-		{"(https://example.com/x)", `\(<https://example.com/x>\)`},
+		{"(https://example.com/x)", `(<https://example.com/x>)`},
 		{"plain words stay", "plain words stay"},
 	}
 	for _, c := range cases {
@@ -94,10 +99,16 @@ func TestPlainTextInjection(t *testing.T) {
 	}
 	textOnly := &Message{Subject: m.Subject, From: m.From, Text: m.Text}
 	md := Body(textOnly, RenderOptions{})
-	for _, bad := range []string{"\n# ", "\n* ", "\n- ", "\n1. ", "\n> ", "\n    ", "](", "![", "<b>", "**not", "\n---", "\n==="} {
+	for _, bad := range []string{"\n# ", "\n* ", "\n- ", "\n1. ", "\n> ", "\n    ", "![", "**not", "\n---", "\n==="} {
 		if strings.Contains("\n"+md, bad) {
 			t.Errorf("unescaped %q in:\n%s", bad, md)
 		}
+	}
+	if regexp.MustCompile(`(^|[^\\])<b>`).MatchString(md) {
+		t.Errorf("unescaped HTML tag in:\n%s", md)
+	}
+	if regexp.MustCompile(`(^|[^\\])\]\(`).MatchString(md) {
+		t.Errorf("an unescaped ] before ( could form a link in:\n%s", md)
 	}
 	if !strings.Contains(md, "<https://example.com/path_with_underscores_(x)?q=a*b&c=d>") {
 		t.Errorf("URL mangled:\n%s", md)

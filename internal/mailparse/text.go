@@ -8,7 +8,12 @@ import (
 
 // Characters escaped anywhere in plain text. Together with the line-start
 // rules below they keep text from rendering as Markdown it was not.
-const escapeChars = "\\`*_~#>|[]()<!&"
+// escapeChars are escaped wherever they stand: they can open emphasis, code,
+// links or HTML anywhere in a line. Characters that matter only at the start of
+// a line (# > | - + =) are handled in escapeLine, and & and ~ only where they
+// could start an entity or a strikethrough, so that ordinary text keeps few
+// backslashes (they show in notifications and when text is copied).
+const escapeChars = "\\`*_[]<"
 
 // linkRE finds spans left unescaped: URLs with a scheme and e-mail
 // addresses. They are emitted as CommonMark autolinks (<...>), whose content is
@@ -68,13 +73,20 @@ func escapeInline(s string) string {
 }
 
 func escapeChunk(b *strings.Builder, s string) {
-	for _, r := range s {
-		if r < utf8.RuneSelf && strings.IndexByte(escapeChars, byte(r)) >= 0 {
+	for i, r := range s {
+		switch {
+		case r < utf8.RuneSelf && strings.IndexByte(escapeChars, byte(r)) >= 0:
+			b.WriteByte('\\')
+		case r == '&' && i+1 < len(s) && (s[i+1] == '#' || isASCIILetter(s[i+1])):
+			b.WriteByte('\\')
+		case r == '~' && (i+1 < len(s) && s[i+1] == '~' || i > 0 && s[i-1] == '~'):
 			b.WriteByte('\\')
 		}
 		b.WriteRune(r)
 	}
 }
+
+func isASCIILetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 var (
 	orderedRE = regexp.MustCompile(`^([0-9]{1,9})([.)])(\s|$)`)
@@ -98,7 +110,7 @@ func escapeLine(line string) string {
 	prefix := ""
 	switch {
 	case rest == "":
-	case rest[0] == '-' || rest[0] == '+' || rest[0] == '=':
+	case strings.IndexByte("-+=#>|", rest[0]) >= 0:
 		prefix = `\` + rest[:1]
 		rest = rest[1:]
 	default:
