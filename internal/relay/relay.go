@@ -28,7 +28,6 @@ import (
 	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/mailparse"
 	"github.com/mmgate/mmgate/internal/mattermost"
-	"github.com/mmgate/mmgate/internal/metrics"
 	"github.com/mmgate/mmgate/internal/route"
 	"github.com/mmgate/mmgate/internal/spool"
 )
@@ -194,8 +193,6 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 		note("decision", "%s", reason)
 		return quarantine("no_recipient", reason+" (release after fixing the directory: delivered parts are not posted again)", app.Name)
 	}
-	metrics.Posted.WithLabelValues(app.Name).Inc()
-	metrics.DeliveryLatency.WithLabelValues(app.Name).Observe(time.Since(msg.ReceivedAt).Seconds())
 	log.Info("posted", "destinations", len(dests))
 	return spool.Outcome{Kind: spool.OutcomePosted}
 }
@@ -407,22 +404,20 @@ func retry(err error) spool.Outcome {
 	return spool.Outcome{Kind: spool.OutcomeRetry, Reason: err.Error(), RetryAfter: mattermost.RetryAfterOf(err)}
 }
 
-func quarantine(code, reason, app string) spool.Outcome {
-	metrics.Quarantined.WithLabelValues(app, code).Inc()
-	return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: reason}
+// quarantine sets a message aside; code labels the metric, reason is for people.
+func quarantine(code, reason, _ string) spool.Outcome {
+	return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: reason, Code: code}
 }
 
 // failure turns a delivery error into a retry (temporary) or a quarantine
 // (Mattermost refused the request for good).
 func failure(err error, app string) spool.Outcome {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || mattermost.Retryable(err) {
-		metrics.Retries.WithLabelValues(app).Inc()
 		return retry(err)
 	}
 	var ae *mattermost.APIError
 	if errors.As(err, &ae) {
 		return quarantine("mattermost_refused", fmt.Sprintf("Mattermost refused %s: %d %s: %s", ae.Op, ae.Status, ae.ID, ae.Message), app)
 	}
-	metrics.Retries.WithLabelValues(app).Inc()
 	return retry(err)
 }

@@ -310,7 +310,7 @@ func TestLongBodyContinuesInThreadWithFullCopy(t *testing.T) {
 func TestUnknownSourceIsQuarantined(t *testing.T) {
 	h := newHarness(t)
 	out := h.handle("m5", "someone@elsewhere.test", []string{"alice@corp.test"}, mkMail("who", "x"))
-	if out.Kind != spool.OutcomeQuarantine || !strings.HasPrefix(out.Reason, "unknown source") {
+	if out.Kind != spool.OutcomeQuarantine || !strings.HasPrefix(out.Reason, "unknown source") || out.Code != "unknown_source" {
 		t.Fatalf("%+v", out)
 	}
 	if len(h.mm.posts) != 0 {

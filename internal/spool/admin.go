@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -66,6 +67,13 @@ func (s *Spool) OpenBody(ctx context.Context, id string) (io.ReadCloser, error) 
 	}
 	if r.BodyPurged {
 		return nil, fault.New(fault.NotFound, "body_purged", fmt.Sprintf("raw message %s was removed after retention", id))
+	}
+	data, err := sqlInlineBody(ctx, s.db, id)
+	if err == nil {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, dbErr(err)
 	}
 	rc, err := s.blobs.Open(id)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -180,7 +188,16 @@ func (s *Spool) Retry(ctx context.Context, id string) error {
 		case err != nil:
 			return err
 		case job.State == rivertype.JobStateRunning:
-			detail = "operator asked for an immediate retry; delivery already running"
+			// The running job may be about to snooze: give the message a
+			// new job due now; the old one then finds itself stale.
+			detail = "operator asked for an immediate retry while a delivery was running"
+			jobID, err := s.insertJob(ctx, tx, id, time.Time{})
+			if err != nil {
+				return err
+			}
+			if err := sqlSetJob(ctx, tx, id, jobID, now); err != nil {
+				return err
+			}
 		default:
 			if _, err := s.river.JobRetryTx(ctx, tx, m.jobID); err != nil && !errors.Is(err, river.ErrNotFound) {
 				return err

@@ -194,7 +194,9 @@ func TestAcceptBrokenBlobDir(t *testing.T) {
 	if err := os.WriteFile(o.BlobDir, []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Accept(context.Background(), Envelope{Intake: "smtp"}, strings.NewReader("Subject: x\r\n\r\nbody"))
+	// Bodies above inlineMax go to the blob store.
+	big := strings.Repeat("x", inlineMax+1)
+	_, err := s.Accept(context.Background(), Envelope{Intake: "smtp"}, strings.NewReader(big))
 	if !fault.Is(err, fault.Temporary) || fault.CodeOf(err) != "spool_unavailable" {
 		t.Fatalf("Accept = %v (kind %s, code %s), want temporary spool_unavailable", err, fault.KindOf(err), fault.CodeOf(err))
 	}
@@ -214,15 +216,70 @@ func TestAcceptDatabaseFailure(t *testing.T) {
 	if err := s.db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Accept(context.Background(), Envelope{Intake: "smtp"}, strings.NewReader("Subject: x\r\n\r\nbody"))
-	if !fault.Is(err, fault.Temporary) || fault.CodeOf(err) != "spool_unavailable" {
-		t.Fatalf("Accept = %v, want temporary spool_unavailable", err)
+	for _, size := range []int{100, inlineMax + 1} { // inline and blob file
+		_, err := s.Accept(context.Background(), Envelope{Intake: "smtp"}, strings.NewReader(strings.Repeat("y", size)))
+		if !fault.Is(err, fault.Temporary) || fault.CodeOf(err) != "spool_unavailable" {
+			t.Fatalf("Accept(%d bytes) = %v, want temporary spool_unavailable", size, err)
+		}
 	}
 	if left := files(t, o.BlobDir); len(left) != 0 {
 		t.Errorf("blob files left behind: %v", left)
 	}
 	if err := s.Writable(context.Background()); !fault.Is(err, fault.Temporary) {
 		t.Errorf("Writable = %v, want a temporary error", err)
+	}
+}
+
+// TestBodyTiers: bodies up to inlineMax live in the database, larger ones in
+// blob files; both read back whole, purge and delete alike.
+func TestBodyTiers(t *testing.T) {
+	o := testOpts(t, nil)
+	s := mustOpen(t, o)
+	ctx := context.Background()
+	bodies := map[string][]byte{}
+	for _, size := range []int{0, 1, inlineMax - 1, inlineMax, inlineMax + 1, 3*inlineMax + 17} {
+		b := bytes.Repeat([]byte{byte('a' + size%26)}, size)
+		id, err := s.Accept(ctx, Envelope{Intake: "pipe"}, bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("Accept(%d bytes): %v", size, err)
+		}
+		bodies[id] = b
+		_, statErr := os.Stat(s.blobs.(*dirStore).path(id))
+		if inFile := statErr == nil; inFile != (size >= inlineMax) {
+			t.Errorf("%d bytes: blob file present = %v", size, inFile)
+		}
+	}
+	for id, want := range bodies {
+		rc, err := s.OpenBody(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: read %d bytes, want %d", id, len(got), len(want))
+		}
+		m, _, _ := s.Get(ctx, id)
+		if m.Size != int64(len(want)) {
+			t.Errorf("%s: Size %d, want %d", id, m.Size, len(want))
+		}
+		if _, err := s.db.Exec(`UPDATE messages SET state = 'posted' WHERE id = ?`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.PurgePosted(ctx, 0)
+	if err != nil || n != len(bodies) {
+		t.Fatalf("PurgePosted = %d, %v; want %d", n, err, len(bodies))
+	}
+	var inline int
+	_ = s.db.QueryRow(`SELECT count(*) FROM bodies`).Scan(&inline)
+	if left := files(t, o.BlobDir); len(left) != 0 || inline != 0 {
+		t.Errorf("after purge: files %v, inline bodies %d", left, inline)
+	}
+	for id := range bodies {
+		if _, err := s.OpenBody(ctx, id); !fault.Is(err, fault.NotFound) {
+			t.Errorf("OpenBody after purge = %v", err)
+		}
 	}
 }
 
@@ -243,6 +300,27 @@ func TestAcceptBodyErrors(t *testing.T) {
 	_, err = s.Accept(context.Background(), Envelope{}, &failReader{errors.New("reset by peer")})
 	if !fault.Is(err, fault.Temporary) || fault.CodeOf(err) != "body_read_failed" {
 		t.Fatalf("reader error: %v, want temporary body_read_failed", err)
+	}
+	o2 := testOpts(t, nil)
+	o2.BodyLimit = inlineMax + 10
+	s2 := mustOpen(t, o2)
+	// A read error after the inline part, while streaming to a blob file.
+	_, err = s2.Accept(context.Background(), Envelope{}, io.MultiReader(strings.NewReader(strings.Repeat("z", inlineMax+5)), &failReader{errors.New("reset")}))
+	if fault.CodeOf(err) != "body_read_failed" {
+		t.Fatalf("reader error after %d bytes: %v, want body_read_failed", inlineMax+5, err)
+	}
+	if left := files(t, o2.BlobDir); len(left) != 0 {
+		t.Errorf("blob files left behind: %v", left)
+	}
+	// Over the limit in the blob-file tier.
+	if _, err := s2.Accept(context.Background(), Envelope{}, strings.NewReader(strings.Repeat("q", inlineMax+11))); !fault.Is(err, fault.TooLarge) {
+		t.Fatalf("over a large limit: %v, want TooLarge", err)
+	}
+	if _, err := s2.Accept(context.Background(), Envelope{}, strings.NewReader(strings.Repeat("q", inlineMax+10))); err != nil {
+		t.Fatalf("at a large limit: %v", err)
+	}
+	if c, _ := s.Counts(context.Background()); c[StateQueued] != 0 {
+		t.Errorf("failed Accepts left records: %v", c)
 	}
 	if left := files(t, o.BlobDir); len(left) != 0 {
 		t.Errorf("blob files left behind: %v", left)

@@ -49,6 +49,10 @@ var schemaSQL = []string{
 	`CREATE INDEX IF NOT EXISTS messages_state_id ON messages (state, id)`,
 	`CREATE INDEX IF NOT EXISTS messages_app_id ON messages (app, id)`,
 	`CREATE INDEX IF NOT EXISTS messages_state_updated ON messages (state, body_purged, updated_at)`,
+	`CREATE TABLE IF NOT EXISTS bodies (
+		id   TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+		data BLOB NOT NULL
+	)`,
 	`CREATE TABLE IF NOT EXISTS events (
 		seq        INTEGER PRIMARY KEY,
 		message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
@@ -172,6 +176,7 @@ func sqlInsertAccepted(ctx context.Context, tx *sql.Tx, reqs []*acceptReq, jobID
 		return err
 	}
 	defer evStmt.Close()
+	var bodyStmt *sql.Stmt
 	for i, r := range reqs {
 		received := toDB(r.receivedAt)
 		if _, err := msgStmt.ExecContext(ctx, r.id, r.envJSON, received, r.size, r.env.App, toDB(now), jobIDs[i], received); err != nil {
@@ -179,6 +184,17 @@ func sqlInsertAccepted(ctx context.Context, tx *sql.Tx, reqs []*acceptReq, jobID
 		}
 		if _, err := evStmt.ExecContext(ctx, r.id, received, "received", r.eventDetail()); err != nil {
 			return fmt.Errorf("insert event: %w", err)
+		}
+		if r.inline != nil {
+			if bodyStmt == nil {
+				if bodyStmt, err = tx.PrepareContext(ctx, `INSERT INTO bodies (id, data) VALUES (?, ?)`); err != nil {
+					return err
+				}
+				defer bodyStmt.Close()
+			}
+			if _, err := bodyStmt.ExecContext(ctx, r.id, r.inline); err != nil {
+				return fmt.Errorf("insert body: %w", err)
+			}
 		}
 	}
 	return nil
@@ -308,16 +324,22 @@ func sqlClaim(ctx context.Context, q dbtx, id string, jobID int64, now time.Time
 	return n > 0, err
 }
 
-// sqlFinish moves the message (still owned by jobID) to state; false if it is not.
-func sqlFinish(ctx context.Context, q dbtx, id string, jobID int64, state State, lastError, reason string, nextTry, now time.Time) (bool, error) {
-	res, err := q.ExecContext(ctx, `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?
-		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying')`,
-		string(state), lastError, reason, nullTime(nextTry), toDB(now), id, jobID)
-	if err != nil {
-		return false, err
+// sqlFinish records a delivery outcome on a queued/retrying message and
+// returns the message's current job; ok is false if the message is no
+// longer queued/retrying. (During a delivery only an operator's Retry can
+// change the message, and only its job, so the outcome still applies.)
+func sqlFinish(ctx context.Context, q dbtx, id string, state State, lastError, reason string, nextTry, now time.Time) (jobID int64, ok bool, err error) {
+	var job sql.NullInt64
+	err = q.QueryRowContext(ctx, `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?
+		WHERE id = ? AND state IN ('queued','retrying') RETURNING job_id`,
+		string(state), lastError, reason, nullTime(nextTry), toDB(now), id).Scan(&job)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
 	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+	if err != nil {
+		return 0, false, err
+	}
+	return job.Int64, true, nil
 }
 
 // sqlRequeue makes a quarantined (or job-less) message queued with a new job and a new retry cycle.
@@ -362,7 +384,17 @@ func sqlPurgeCandidates(ctx context.Context, q dbtx, cutoff time.Time, limit int
 	return ids, rows.Err()
 }
 
+// sqlInlineBody returns an inline body; sql.ErrNoRows when the body is not inline.
+func sqlInlineBody(ctx context.Context, q dbtx, id string) ([]byte, error) {
+	var data []byte
+	err := q.QueryRowContext(ctx, `SELECT data FROM bodies WHERE id = ?`, id).Scan(&data)
+	return data, err
+}
+
 func sqlMarkPurged(ctx context.Context, q dbtx, id string, now time.Time) error {
+	if _, err := q.ExecContext(ctx, `DELETE FROM bodies WHERE id = ?`, id); err != nil {
+		return err
+	}
 	if _, err := q.ExecContext(ctx, `UPDATE messages SET body_purged = 1 WHERE id = ? AND state = 'posted'`, id); err != nil {
 		return err
 	}

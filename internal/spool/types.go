@@ -83,6 +83,9 @@ type Outcome struct {
 	Kind       OutcomeKind
 	Reason     string        // quarantine reason or retry error (human readable)
 	RetryAfter time.Duration // minimum delay requested by the peer (Retry-After); 0 = spool's backoff
+	// Code is a stable snake_case reason code for metrics ("unknown_source",
+	// "no_recipient", ...); "" counts as "handler".
+	Code string
 }
 
 // Handler processes one message (the relay implements it). ctx carries the job timeout.

@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/mmgate/mmgate/internal/metrics"
 )
@@ -120,42 +118,6 @@ func (s *Spool) callHandler(ctx context.Context, msg Message) (out Outcome) {
 	return out
 }
 
-// riverSchedulerInterval is River's default JobSchedulerInterval: jobs due
-// sooner than this are made available directly (as river.JobSnooze does), later
-// ones wait as "scheduled" for River's scheduler.
-const riverSchedulerInterval = 5 * time.Second
-
-// snoozeTx reschedules the running job for nextTry inside tx, as
-// river.JobSnooze would after Work returns, but atomically with the message's
-// state: an operator's Retry that sees "retrying" always finds the job
-// rescheduled. The attempt is given back, so snoozes never exhaust River's
-// MaxAttempts. When Work then returns nil, River finds the job no longer
-// running and leaves it alone.
-func (s *Spool) snoozeTx(ctx context.Context, tx *sql.Tx, job *rivertype.JobRow, nextTry time.Time, delay time.Duration) error {
-	attempt := max(job.Attempt-1, 0)
-	p := riverdriver.JobSetStateSnoozed(job.ID, nextTry, attempt, nil)
-	if delay <= riverSchedulerInterval {
-		p = riverdriver.JobSetStateSnoozedAvailable(job.ID, nextTry, attempt, nil)
-	}
-	rows, err := s.driver.UnwrapExecutor(tx).JobSetStateIfRunningMany(ctx, &riverdriver.JobSetStateIfRunningManyParams{
-		ID:              []int64{p.ID},
-		Attempt:         []*int{p.Attempt},
-		ErrData:         [][]byte{nil},
-		FinalizedAt:     []*time.Time{nil},
-		MetadataDoMerge: []bool{false},
-		MetadataUpdates: [][]byte{nil},
-		ScheduledAt:     []*time.Time{p.ScheduledAt},
-		State:           []rivertype.JobState{p.State},
-	})
-	if err != nil {
-		return fmt.Errorf("snooze job %d: %w", job.ID, err)
-	}
-	if len(rows) != 1 || rows[0].State != p.State {
-		return fmt.Errorf("snooze job %d: job is not running", job.ID)
-	}
-	return nil
-}
-
 // backoff returns the delay before retry number attempt (1-based): RetryMin
 // doubling up to RetryMax, with ±20% jitter, kept within [RetryMin, RetryMax].
 func (s *Spool) backoff(attempt int) time.Duration {
@@ -183,6 +145,9 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		delay     time.Duration
 		reasonTag = "handler"
 	)
+	if out.Code != "" {
+		reasonTag = out.Code
+	}
 	now := s.now()
 	row, err := sqlGetMessage(ctx, s.db, id)
 	if err != nil {
@@ -216,25 +181,27 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		detail = fmt.Sprintf("attempt %d failed: %s; next try in %s", msg.Attempt, lastError, delay.Round(time.Millisecond))
 	}
 
-	var applied bool
+	var applied, snooze bool
 	err = s.withTx(ctx, func(tx *sql.Tx) error {
-		ok, err := sqlFinish(ctx, tx, id, job.ID, state, lastError, reason, nextTry, now)
+		currentJob, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
 		if err != nil || !ok {
 			return err
 		}
 		if _, err := sqlAddEvent(ctx, tx, id, now, eventKind, detail); err != nil {
 			return err
 		}
-		// The job changes with the message's state, atomically.
-		if state == StateRetrying {
-			if err := s.snoozeTx(ctx, tx, job.JobRow, nextTry, delay); err != nil {
-				return err
-			}
-		} else if _, err := river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job); err != nil {
-			return err
-		}
 		applied = true
-		return nil
+		// A retry snoozes this job, unless an operator's Retry gave the
+		// message a new job meanwhile. River records a snooze after Work
+		// returns; a crash in between leaves the job "running", which the
+		// next Open makes available, so the retry only comes early.
+		if state == StateRetrying && currentJob == job.ID {
+			snooze = true
+			return nil
+		}
+		// Otherwise the job ends with the message's state, atomically.
+		_, err = river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job)
+		return err
 	})
 	if err != nil {
 		s.log.Error("spool: recording delivery outcome failed; will run again", "id", id, "outcome", out.Kind.String(), "err", err)
@@ -256,6 +223,10 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 	case StateRetrying:
 		metrics.Retries.WithLabelValues(app).Inc()
 		s.log.Info("spool: delivery will be retried", "id", id, "app", app, "attempt", msg.Attempt, "in", delay, "err", lastError)
+		if snooze {
+			// Snoozing does not consume River attempts.
+			return river.JobSnooze(delay)
+		}
 	}
 	return nil
 }

@@ -346,11 +346,10 @@ func (ss *session) Data(r io.Reader) error {
 		return reply(toSMTPError(err))
 	case !body.eof:
 		ferr := fault.Wrap(fault.Temporary, "store_short_read", "store returned before reading the whole message", nil)
-		ss.log.Error("smtp message not stored", "err", ferr, "spool_id", id)
+		ss.log.Error("smtp message not stored", "err", ferr, "id", id)
 		return reply(toSMTPError(ferr))
 	}
-	metrics.Received.WithLabelValues("smtp", env.App).Inc()
-	ss.log.Info("stored", "spool_id", id, "app", env.App, "user", env.AuthIdentity,
+	ss.log.Info("stored", "id", id, "app", env.App, "user", env.AuthIdentity,
 		"recipients", len(env.Recipients), "bytes", body.n)
 	countReply(250)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + sanitizeReply(id)}
