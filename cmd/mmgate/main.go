@@ -128,7 +128,11 @@ func configCmd(g *globals) *cobra.Command {
 		Short: "Check a configuration and print every problem with its key path",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(g.configPath, os.Environ())
-			if err == nil {
+			var decoded config.Problems
+			if errors.As(err, &decoded) {
+				// Check what did decode too, so that every problem shows at once.
+				err = decoded.Merge(cfg.Validate())
+			} else if err == nil {
 				err = cfg.Validate()
 			}
 			if err != nil {

@@ -91,8 +91,8 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		if err != nil {
 			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
 		}
-		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log})
-		apps[name] = &relay.App{Name: name, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
+		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
+		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
 			MaxAttachmentBytes: a.MaxAttachmentBytes}
 		checks["mattermost:"+name] = func(ctx context.Context) error {
 			if _, err := cl.Me(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -37,6 +38,91 @@ type Config struct {
 	Directory  DirectoryConfig  `koanf:"directory"`
 	Routing    RoutingConfig    `koanf:"routing"`
 	Apps       map[string]App   `koanf:"apps"`
+	Pipe       PipeConfig       `koanf:"pipe"`
+	Postback   PostbackConfig   `koanf:"postback"`
+	IMAP       IMAPConfig       `koanf:"imap"`
+}
+
+// PipeConfig configures the local socket through which `mmgate deliver`
+// (postfix's pipe transport, .forward, procmail) stores a message in the
+// running instance.
+type PipeConfig struct {
+	// Socket is the Unix socket `mmgate serve` listens on; "" = DATA_DIR/mmgate.sock,
+	// "-" = no socket.
+	Socket string `koanf:"socket"`
+	// SocketMode is the socket's permission bits (octal string, default "0660"):
+	// whoever can write to it can store mail.
+	SocketMode string `koanf:"socket_mode"`
+	// SocketGroup, when set, is the group that owns the socket (e.g. the group
+	// postfix's pipe user is in).
+	SocketGroup string `koanf:"socket_group"`
+}
+
+// PostbackConfig configures the HTTP intake that GitLab's mail_room (or any
+// client) posts raw messages to: POST /intake/mailroom/{mailbox} on http.listen.
+type PostbackConfig struct {
+	// MaxMessageBytes bounds one message (default smtp.max_message_bytes): 413.
+	MaxMessageBytes int64 `koanf:"max_message_bytes"`
+	// Mailboxes by name, the last element of the URL.
+	Mailboxes map[string]PostbackMailbox `koanf:"mailboxes"`
+}
+
+// PostbackMailbox is one postback endpoint and its credentials. At least one
+// of Token and JWTSecretFile is required; either authenticates a request.
+type PostbackMailbox struct {
+	// Token is accepted as `Authorization: Token token="…"` (mail_room's
+	// delivery_token), as `Authorization: Bearer …`, or as the password of
+	// Basic auth (with Username, when set).
+	Token    Secret `koanf:"token"`
+	Username string `koanf:"username"`
+	// JWTSecretFile holds base64 of exactly 32 bytes (GitLab's mail_room
+	// secret file); requests then carry an HS256 JWT in JWTHeader.
+	JWTSecretFile string `koanf:"jwt_secret_file"`
+	JWTHeader     string `koanf:"jwt_header"` // default Gitlab-Mailroom-Api-Request
+	JWTIssuer     string `koanf:"jwt_issuer"` // default gitlab-mailroom
+	MailboxDefaults `koanf:",squash"`
+}
+
+// MailboxDefaults say what a message from a mailbox means when its envelope
+// does not: postback and IMAP deliver mail without an SMTP envelope.
+type MailboxDefaults struct {
+	// App fixes the source app (it wins like an app's SMTP login); "" routes
+	// by rules and sender patterns.
+	App string `koanf:"app"`
+	// Recipients replace the envelope recipients; empty: the message's
+	// Delivered-To / X-Original-To, else To and Cc, in smtp.domains.
+	Recipients []string `koanf:"recipients"`
+}
+
+// IMAPConfig lists the mailboxes mmgate polls.
+type IMAPConfig struct {
+	Mailboxes map[string]IMAPMailbox `koanf:"mailboxes"`
+}
+
+// IMAPMailbox is one polled IMAP folder.
+type IMAPMailbox struct {
+	// Address is host:port (993 for imaps, 143 otherwise).
+	Address string `koanf:"address"`
+	// TLS: "imaps" (implicit TLS, default), "starttls", or "none" (loopback only).
+	TLS string `koanf:"tls"`
+	// CAFile verifies the server's certificate (default: the system roots).
+	CAFile string `koanf:"ca_file"`
+	// InsecureSkipVerify disables certificate checks (tests only).
+	InsecureSkipVerify bool   `koanf:"insecure_skip_verify"`
+	Username           string `koanf:"username"`
+	Password           Secret `koanf:"password"`
+	Folder             string `koanf:"folder"` // default INBOX
+	// MoveTo moves stored messages to this folder; "" flags them instead
+	// (\Seen and the $MmgateStored keyword) and leaves them in place.
+	MoveTo string `koanf:"move_to"`
+	// Since: only mail received on or after this date (YYYY-MM-DD) is taken;
+	// "all" takes the whole folder; "" (default) takes mail from when mmgate
+	// first saw this mailbox, so an old backlog is not replayed.
+	Since string `koanf:"since"`
+	// PollInterval is used when the server has no IDLE, and as IDLE's
+	// refresh (default 1m).
+	PollInterval time.Duration `koanf:"poll_interval"`
+	MailboxDefaults `koanf:",squash"`
 }
 
 // LogConfig selects the log level and format.
@@ -194,6 +280,7 @@ func Default() Config {
 	c.Relay.PollInterval = 50 * time.Millisecond
 	c.Relay.JobTimeout = 10 * time.Minute
 	c.Routing.SenderPatterns = []string{"{app}-svc@*", "{app}svc@*"}
+	c.Pipe.SocketMode = "0660"
 	return c
 }
 
@@ -205,6 +292,25 @@ func (c Config) SpoolPath() string {
 	return strings.TrimRight(c.DataDir, "/") + "/spool.db"
 }
 
+// PipeSocket is the local socket of `mmgate deliver`, "" when disabled.
+func (c Config) PipeSocket() string {
+	switch c.Pipe.Socket {
+	case "-":
+		return ""
+	case "":
+		return strings.TrimRight(c.DataDir, "/") + "/mmgate.sock"
+	}
+	return c.Pipe.Socket
+}
+
+// PostbackMaxBytes is the postback intake's size limit.
+func (c Config) PostbackMaxBytes() int64 {
+	if c.Postback.MaxMessageBytes > 0 {
+		return c.Postback.MaxMessageBytes
+	}
+	return c.SMTP.MaxMessageBytes
+}
+
 // BlobDir is the raw-message directory.
 func (c Config) BlobDir() string {
 	if c.Spool.Blobs.Dir != "" {
@@ -214,7 +320,10 @@ func (c Config) BlobDir() string {
 }
 
 // Load reads path (optional when "") and the environment, over the defaults.
-// Unknown keys are errors. Load does not validate: call Validate.
+// Unknown keys and values of the wrong type are errors (Problems); the
+// Config returned with them holds everything that did decode, so that
+// `config check` can validate the rest and report every problem at once.
+// Load does not validate: call Validate.
 func Load(path string, environ []string) (Config, error) {
 	k := koanf.New(".")
 	if path != "" {
@@ -247,7 +356,7 @@ func Load(path string, environ []string) (Config, error) {
 		TagName:          "koanf",
 	}
 	if err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc}); err != nil {
-		return Config{}, decodeError(err)
+		return c, decodeError(err)
 	}
 	return c, nil
 }
@@ -261,27 +370,45 @@ func envKey(k, v string) (string, any) {
 	return strings.ToLower(strings.ReplaceAll(k, "__", ".")), v
 }
 
-// decodeError turns mapstructure's aggregated error into Problems.
+// decodeError turns mapstructure's aggregated error into Problems, one per
+// key: mapstructure reports every bad value and unknown key, but as lines of
+// one error's text ("'smtp.max_recipients' cannot parse value as 'int': …",
+// "'config.Config' has invalid keys: a, b").
 func decodeError(err error) error {
 	var ps Problems
-	var walk func(error)
-	walk = func(e error) {
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, x := range j.Unwrap() {
-				walk(x)
-			}
-			return
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "* "))
+		m := decodeLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
 		}
-		path := ""
+		path, msg := mapKey.ReplaceAllString(m[1], ".$1"), m[2]
+		if keys, ok := strings.CutPrefix(msg, "has invalid keys: "); ok {
+			prefix := ""
+			if !strings.Contains(path, "config.") {
+				prefix = path + "."
+			}
+			for _, k := range strings.Split(keys, ", ") {
+				ps = append(ps, Problem{Path: prefix + k, Msg: "unknown key (see `mmgate config init` for every key)"})
+			}
+			continue
+		}
+		ps = append(ps, Problem{Path: path, Msg: msg})
+	}
+	if len(ps) == 0 {
 		var de *mapstructure.DecodeError
-		if errors.As(e, &de) {
+		path := ""
+		if errors.As(err, &de) {
 			path = de.Name()
 		}
-		ps = append(ps, Problem{Path: path, Msg: e.Error()})
+		ps = append(ps, Problem{Path: path, Msg: err.Error()})
 	}
-	walk(err)
 	return ps
 }
+
+var mapKey = regexp.MustCompile(`\[([^\]0-9][^\]]*)\]`)
+
+var decodeLine = regexp.MustCompile(`^'([^']*)' (.+)$`)
 
 // Example is a commented example configuration (`mmgate config init`).
 //

@@ -125,3 +125,32 @@ func TestSecrets(t *testing.T) {
 		t.Errorf("String reveals the secret: %s", s)
 	}
 }
+
+// A file with decoding problems (a bad type, unknown keys at two levels) still
+// gets every problem reported, each at its own key path, together with what
+// Validate finds in the parts that did decode.
+func TestDecodeProblemsAreSplitAndMergedWithValidate(t *testing.T) {
+	p := write(t, "bad.yaml", "smtp:\n  max_recipients: lots\n  listen: nope\nbogus_key: 1\napps:\n  jira:\n    smtp:\n      bogus: 1\n")
+	c, err := Load(p, nil)
+	var decoded Problems
+	if !errors.As(err, &decoded) {
+		t.Fatalf("Load: want Problems, got %v", err)
+	}
+	all := decoded.Merge(c.Validate())
+	var ps Problems
+	if !errors.As(all, &ps) {
+		t.Fatalf("Merge: want Problems, got %v", all)
+	}
+	got := map[string]bool{}
+	for _, p := range ps {
+		got[p.Path] = true
+	}
+	for _, want := range []string{"smtp.max_recipients", "bogus_key", "apps.jira.smtp.bogus", "smtp.listen", "mattermost.url"} {
+		if !got[want] {
+			t.Errorf("no problem at %s in:\n%v", want, ps)
+		}
+	}
+	if n := strings.Count(ps.Error(), "smtp.max_recipients"); n != 1 {
+		t.Errorf("smtp.max_recipients reported %d times, want once:\n%v", n, ps)
+	}
+}

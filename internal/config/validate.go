@@ -1,12 +1,17 @@
 package config
 
 import (
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
+	"net/mail"
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Problem is one configuration mistake at a key path.
@@ -31,6 +36,30 @@ func (ps Problems) Error() string {
 		lines[i] = p.String()
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Merge returns ps followed by the problems of err that ps does not already
+// name (same key path); err may be nil or a Problems.
+func (ps Problems) Merge(err error) error {
+	out := append(Problems(nil), ps...)
+	var more Problems
+	if errors.As(err, &more) {
+		seen := map[string]bool{}
+		for _, p := range ps {
+			seen[p.Path] = true
+		}
+		for _, p := range more {
+			if p.Path == "" || !seen[p.Path] {
+				out = append(out, p)
+			}
+		}
+	} else if err != nil {
+		out = append(out, Problem{Msg: err.Error()})
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 var appName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -194,10 +223,128 @@ func (c Config) Validate() error {
 			add(p+".max_attachment_bytes", "must not be negative")
 		}
 	}
+	c.validateIntakes(add)
 	if len(ps) == 0 {
 		return nil
 	}
 	return ps
+}
+
+// validateIntakes checks the pipe socket, the postback mailboxes and the IMAP
+// mailboxes.
+func (c Config) validateIntakes(add func(string, string, ...any)) {
+	if _, err := c.PipeSocketMode(); err != nil {
+		add("pipe.socket_mode", "%v", err)
+	}
+	checkDefaults := func(p string, d MailboxDefaults) {
+		if d.App != "" {
+			if _, ok := c.Apps[d.App]; !ok {
+				add(p+".app", "%q is not a configured app", d.App)
+			}
+		}
+		for i, r := range d.Recipients {
+			if _, err := mail.ParseAddress(r); err != nil {
+				add(fmt.Sprintf("%s.recipients[%d]", p, i), "%q is not an address", r)
+			}
+		}
+	}
+	for _, n := range sortedKeys(c.Postback.Mailboxes) {
+		m, p := c.Postback.Mailboxes[n], "postback.mailboxes."+n
+		if !appName.MatchString(n) {
+			add(p, "mailbox names are lowercase letters, digits, - and _ (they are the last element of the URL)")
+		}
+		if !m.Token.IsSet() && m.JWTSecretFile == "" {
+			add(p, "set token or jwt_secret_file: a postback mailbox is never open")
+		}
+		checkSecret(add, p+".token", m.Token, false)
+		if m.JWTSecretFile != "" {
+			if _, err := ReadJWTSecret(m.JWTSecretFile); err != nil {
+				add(p+".jwt_secret_file", "%v", err)
+			}
+		}
+		checkDefaults(p, m.MailboxDefaults)
+	}
+	if c.Postback.MaxMessageBytes < 0 {
+		add("postback.max_message_bytes", "must not be negative")
+	}
+	for _, n := range sortedKeys(c.IMAP.Mailboxes) {
+		m, p := c.IMAP.Mailboxes[n], "imap.mailboxes."+n
+		checkAddr(add, p+".address", m.Address)
+		switch m.TLS {
+		case "", "imaps", "starttls":
+		case "none":
+			if host, _, err := net.SplitHostPort(m.Address); err == nil && !isLoopback(host) {
+				add(p+".tls", "none sends the password in clear text: allowed only for a loopback address")
+			}
+		default:
+			add(p+".tls", "must be imaps, starttls or none, not %q", m.TLS)
+		}
+		if m.CAFile != "" {
+			if _, err := os.Stat(m.CAFile); err != nil {
+				add(p+".ca_file", "%v", err)
+			}
+		}
+		if m.Username == "" {
+			add(p+".username", "is required")
+		}
+		checkSecret(add, p+".password", m.Password, true)
+		if m.Since != "" && m.Since != "all" {
+			if _, err := time.Parse("2006-01-02", m.Since); err != nil {
+				add(p+".since", "must be a date (YYYY-MM-DD), \"all\" or empty, not %q", m.Since)
+			}
+		}
+		if m.PollInterval < 0 {
+			add(p+".poll_interval", "must not be negative")
+		}
+		checkDefaults(p, m.MailboxDefaults)
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// PipeSocketMode parses pipe.socket_mode.
+func (c Config) PipeSocketMode() (os.FileMode, error) {
+	v := c.Pipe.SocketMode
+	if v == "" {
+		v = "0660"
+	}
+	n, err := strconv.ParseUint(v, 8, 32)
+	if err != nil || n > 0o777 {
+		return 0, fmt.Errorf("%q is not an octal permission such as 0660", v)
+	}
+	return os.FileMode(n), nil
+}
+
+// ReadJWTSecret reads a mail_room JWT secret file: base64 (standard, strict)
+// of exactly 32 bytes, a trailing newline allowed.
+func ReadJWTSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	key, err := base64.StdEncoding.Strict().DecodeString(strings.TrimRight(string(b), "\r\n"))
+	if err != nil {
+		return nil, fmt.Errorf("%s is not base64: %v (make one with: head -c 32 /dev/urandom | base64 > %s)", path, err, path)
+	}
+	if len(key) != 32 {
+		return nil, fmt.Errorf("%s holds %d bytes, want exactly 32 (make one with: head -c 32 /dev/urandom | base64 > %s)", path, len(key), path)
+	}
+	return key, nil
 }
 
 func (c Config) hasSMTPLogins() bool {

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/directory"
+	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/mailparse"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/route"
@@ -63,6 +64,7 @@ type Directory interface {
 // App is one source app as the relay sees it.
 type App struct {
 	Name               string
+	DisplayName        string // shown in the history next to the name, optional
 	Client             Mattermost
 	DirectMessages     bool
 	Channels           []string // team/channel
@@ -138,11 +140,20 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 	}
 
 	body, err := r.o.Spool.OpenBody(ctx, msg.ID)
+	if fault.Is(err, fault.NotFound) {
+		// Retrying cannot bring back raw mail that is gone: an operator must look.
+		note("decision", "raw message unavailable: %v", err)
+		return quarantine("body_missing", fmt.Sprintf("the raw message cannot be read: %v", err), "")
+	}
 	if err != nil {
 		return retry(fmt.Errorf("opening raw message: %w", err))
 	}
 	m, err := mailparse.Parse(body, mailparse.Options{SpillDir: r.o.SpillDir})
 	_ = body.Close()
+	if fault.Is(err, fault.Temporary) {
+		// Reading the spool or spilling a large part to disk failed: not the mail's fault.
+		return retry(fmt.Errorf("parsing: %w", err))
+	}
 	if err != nil {
 		note("decision", "message cannot be parsed: %v", err)
 		return quarantine("unparseable", fmt.Sprintf("message cannot be parsed: %v", err), "")
@@ -165,10 +176,15 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 		note("decision", "%s", dec.Why)
 		return quarantine("unknown_source", dec.Why, "")
 	}
-	note("decision", "app %s: %s", dec.App, dec.Why)
 	app := r.o.Apps[dec.App]
 	if app == nil {
+		note("decision", "app %s: %s", dec.App, dec.Why)
 		return quarantine("unknown_source", fmt.Sprintf("app %s has no bot configured", dec.App), dec.App)
+	}
+	if app.DisplayName != "" {
+		note("decision", "app %s (%s): %s", dec.App, app.DisplayName, dec.Why)
+	} else {
+		note("decision", "app %s: %s", dec.App, dec.Why)
 	}
 	log = log.With("app", app.Name)
 

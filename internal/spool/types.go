@@ -29,6 +29,13 @@ type Envelope struct {
 	App          string   `json:"app,omitempty"`           // app fixed at intake (AUTH identity), "" if not known
 	RemoteAddr   string   `json:"remote_addr,omitempty"`
 	Helo         string   `json:"helo,omitempty"`
+	// Mailbox names the postback or IMAP mailbox the message came from.
+	Mailbox string `json:"mailbox,omitempty"`
+	// NoEnvelope says the intake had no SMTP envelope (postback, IMAP, a pipe
+	// run without --sender): Sender is unknown rather than null, and the relay
+	// takes the sender from Return-Path and, when Recipients is empty, the
+	// recipients from the header.
+	NoEnvelope bool `json:"no_envelope,omitempty"`
 }
 
 // Message is a spooled message's metadata.

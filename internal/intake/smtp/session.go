@@ -337,7 +337,7 @@ func (ss *session) Data(r io.Reader) error {
 		// says, this message is not accepted.
 		ferr := classifyReadError(body.err)
 		if err == nil {
-			ss.log.Error("store accepted a message whose body failed to read", "spool_id", id, "err", ferr)
+			ss.log.Error("store accepted a message whose body failed to read", "id", id, "err", ferr)
 		}
 		ss.log.Warn("smtp message not stored", "err", ferr, "code", fault.CodeOf(ferr), "bytes", body.n)
 		return reply(toSMTPError(ferr))
