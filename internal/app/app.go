@@ -93,7 +93,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		}
 		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
 		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
-			MaxAttachmentBytes: a.MaxAttachmentBytes}
+			MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces()}
 		checks["mattermost:"+name] = func(ctx context.Context) error {
 			if _, err := cl.Me(ctx); err != nil {
 				return fmt.Errorf("bot token of app %s: %w", name, err)
@@ -129,7 +129,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	}
 	s := &Server{cfg: cfg, log: log}
 	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
-		Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes, SpillDir: spill,
+		Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes, SpillDir: spill, Domains: cfg.SMTP.Domains,
 		Logger: log.With("component", "relay")})
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {

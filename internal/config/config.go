@@ -246,7 +246,18 @@ type App struct {
 	Channels []string `koanf:"channels"`
 	// MaxAttachmentBytes drops larger attachments with a note (0 = no limit).
 	MaxAttachmentBytes int64 `koanf:"max_attachment_bytes"`
+	// AutoReplies and Bounces say what happens to out-of-office replies and
+	// delivery status notifications of this app: "quarantine" (default, with
+	// the reason auto-reply or bounce) or "post".
+	AutoReplies string `koanf:"auto_replies"`
+	Bounces     string `koanf:"bounces"`
 }
+
+// PostsAutoReplies reports whether the app posts automatic replies.
+func (a App) PostsAutoReplies() bool { return a.AutoReplies == "post" }
+
+// PostsBounces reports whether the app posts bounces.
+func (a App) PostsBounces() bool { return a.Bounces == "post" }
 
 // DMs reports whether the app posts direct messages.
 func (a App) DMs() bool { return a.DirectMessages == nil || *a.DirectMessages }

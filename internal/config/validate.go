@@ -222,6 +222,11 @@ func (c Config) Validate() error {
 		if a.MaxAttachmentBytes < 0 {
 			add(p+".max_attachment_bytes", "must not be negative")
 		}
+		for key, v := range map[string]string{"auto_replies": a.AutoReplies, "bounces": a.Bounces} {
+			if v != "" && v != "quarantine" && v != "post" {
+				add(p+"."+key, "must be quarantine or post, not %q", v)
+			}
+		}
 	}
 	c.validateIntakes(add)
 	if len(ps) == 0 {

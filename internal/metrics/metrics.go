@@ -24,6 +24,12 @@ var (
 		Name: "mmgate_messages_posted_total",
 		Help: "Messages posted to all their destinations, by app.",
 	}, []string{"app"})
+	// Duplicates counts messages that needed no post: every destination had
+	// already received the same mail (same Message-ID) from another message.
+	Duplicates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mmgate_messages_duplicate_total",
+		Help: "Messages not posted because each destination already had the same mail, by app.",
+	}, []string{"app"})
 	// Quarantined counts messages set aside for an operator, by app and reason code.
 	Quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mmgate_messages_quarantined_total",
@@ -66,7 +72,7 @@ var (
 
 // register fills Registry once, at package initialisation.
 func register() bool {
-	Registry.MustRegister(Received, Posted, Quarantined, Retries, SpoolMessages,
+	Registry.MustRegister(Received, Posted, Duplicates, Quarantined, Retries, SpoolMessages,
 		SMTPSessions, SMTPReplies, DeliveryLatency, MattermostRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return true

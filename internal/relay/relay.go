@@ -15,6 +15,8 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +43,7 @@ type Spool interface {
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
 	LedgerDone(ctx context.Context, msgID, dest, part, postID string) error
+	ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error)
 }
 
 // Mattermost is what the relay needs from one bot's REST client.
@@ -69,6 +72,8 @@ type App struct {
 	DirectMessages     bool
 	Channels           []string // team/channel
 	MaxAttachmentBytes int64
+	PostAutoReplies    bool // post out-of-office replies instead of quarantining them
+	PostBounces        bool // post bounces instead of quarantining them
 }
 
 // Options configures a Relay.
@@ -85,6 +90,10 @@ type Options struct {
 	MaxPostRunes int
 	// SpillDir holds large decoded attachments while a message is processed.
 	SpillDir string
+	// Domains are the recipient domains mmgate serves (smtp.domains): a
+	// message without envelope recipients (postback, IMAP) is delivered to
+	// the header's addresses in these domains.
+	Domains []string
 	Logger   *slog.Logger
 }
 
@@ -163,8 +172,13 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 		note("warning", "%s", w)
 	}
 
-	in := route.Input{App: msg.Envelope.App, AuthUser: msg.Envelope.AuthIdentity, Sender: msg.Envelope.Sender,
-		Recipients: msg.Envelope.Recipients, Subject: m.Subject, Header: m.Header}
+	env := msg.Envelope
+	sender, senderHow := env.Sender, "envelope sender"
+	if env.NoEnvelope {
+		sender, senderHow = returnPath(m.Header), "Return-Path"
+	}
+	in := route.Input{App: env.App, AuthUser: env.AuthIdentity, Sender: sender,
+		Recipients: env.Recipients, Subject: m.Subject, Header: m.Header}
 	for _, a := range m.From {
 		in.From = append(in.From, a.Email)
 	}
@@ -172,11 +186,14 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 	if err := r.o.Spool.SetInfo(ctx, msg.ID, dec.App, m.Subject, m.MessageID); err != nil {
 		return retry(fmt.Errorf("recording message info: %w", err))
 	}
+	app := r.o.Apps[dec.App]
+	if out, stop := r.screen(m, env, sender, app, note); stop {
+		return out
+	}
 	if !ok {
 		note("decision", "%s", dec.Why)
 		return quarantine("unknown_source", dec.Why, "")
 	}
-	app := r.o.Apps[dec.App]
 	if app == nil {
 		note("decision", "app %s: %s", dec.App, dec.Why)
 		return quarantine("unknown_source", fmt.Sprintf("app %s has no bot configured", dec.App), dec.App)
@@ -186,31 +203,169 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 	} else {
 		note("decision", "app %s: %s", dec.App, dec.Why)
 	}
+	if env.NoEnvelope && sender != "" {
+		note("decision", "sender %s taken from the %s header (the %s intake has no envelope)", sender, senderHow, env.Intake)
+	}
 	log = log.With("app", app.Name)
 
-	dests, unresolved, err := r.destinations(ctx, app, msg, note)
+	rcpts, fromHeader := env.Recipients, false
+	if len(rcpts) == 0 {
+		rcpts, fromHeader = r.headerRecipients(m), true
+		note("decision", "no envelope recipients: the header names %s", listOrNone(rcpts))
+	}
+	dests, unresolved, err := r.destinations(ctx, app, rcpts, note)
 	if err != nil {
 		return failure(err, app.Name)
 	}
 	if len(dests) == 0 {
 		reason := "no destination: " + strings.Join(unresolved, "; ")
+		if len(unresolved) == 0 {
+			reason = "no destination: no recipient in " + strings.Join(r.o.Domains, ", ") + " and no channel"
+		}
 		note("decision", "%s", reason)
 		return quarantine("no_recipient", reason, app.Name)
 	}
+	if fromHeader && len(unresolved) > 0 {
+		// Header addresses include lists, the gateway's own mailbox and
+		// people cc'd for information: skipping them is not a failure.
+		note("decision", "header recipients without a Mattermost user are skipped: %s", strings.Join(unresolved, "; "))
+		unresolved = nil
+	}
 
+	mailKey := dedupeKey(m)
+	posted, dups := 0, []string{}
 	for _, d := range dests {
+		if mailKey != "" {
+			owner, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID)
+			if err != nil {
+				return retry(fmt.Errorf("recording the delivery claim: %w", err))
+			}
+			if owner != msg.ID {
+				note("duplicate", "%s already receives this mail (Message-ID <%s>) from message %s: not posted again", d.label, m.MessageID, owner)
+				dups = append(dups, owner)
+				continue
+			}
+		}
 		if err := r.deliver(ctx, app, msg, m, d, note); err != nil {
 			log.Warn("delivery failed", "dest", d.key, "err", err)
 			return failure(err, app.Name)
 		}
+		posted++
 	}
 	if len(unresolved) > 0 {
 		reason := fmt.Sprintf("posted to %d destination(s), but not to: %s", len(dests), strings.Join(unresolved, "; "))
 		note("decision", "%s", reason)
 		return quarantine("no_recipient", reason+" (release after fixing the directory: delivered parts are not posted again)", app.Name)
 	}
-	log.Info("posted", "destinations", len(dests))
+	if posted == 0 && len(dups) > 0 {
+		reason := fmt.Sprintf("duplicate of %s: every destination already has this mail (Message-ID <%s>)", dups[0], m.MessageID)
+		log.Info("duplicate, nothing posted", "of", dups[0])
+		return spool.Outcome{Kind: spool.OutcomePosted, Reason: reason, Code: spool.CodeDuplicate}
+	}
+	log.Info("posted", "destinations", posted, "duplicates", len(dups))
 	return spool.Outcome{Kind: spool.OutcomePosted}
+}
+
+// screen sets auto-replies, bounces and loops aside unless the app posts
+// them; stop is true when out is the message's outcome.
+func (r *Relay) screen(m *mailparse.Message, env spool.Envelope, sender string, app *App, note func(string, string, ...any)) (out spool.Outcome, stop bool) {
+	kind, why := route.Classify(route.ClassifyInput{Sender: sender, NoEnvelope: env.NoEnvelope, Subject: m.Subject, Header: m.Header})
+	if kind == route.KindNormal {
+		return spool.Outcome{}, false
+	}
+	name := ""
+	if app != nil {
+		name = app.Name
+		if (kind == route.KindAutoReply && app.PostAutoReplies) || (kind == route.KindBounce && app.PostBounces) {
+			note("decision", "%s (%s), posted as app %s is configured to", kind, why, app.Name)
+			return spool.Outcome{}, false
+		}
+	}
+	reason := fmt.Sprintf("%s: %s", kind, why)
+	note("decision", "%s", reason)
+	return quarantine(strings.ReplaceAll(string(kind), "-", "_"), reason, name), true
+}
+
+// returnPath is the address of the Return-Path header ("" when missing or <>).
+func returnPath(h map[string][]string) string {
+	v := h["Return-Path"]
+	if len(v) == 0 {
+		return ""
+	}
+	s := strings.TrimSpace(v[0])
+	if a, err := mail.ParseAddress(s); err == nil {
+		return a.Address
+	}
+	return strings.Trim(s, "<> ")
+}
+
+// headerRecipients are the people a message without envelope recipients is
+// for: Delivered-To / X-Original-To (the mailbox it was delivered to), or else
+// To and Cc; only addresses in Domains, each once.
+func (r *Relay) headerRecipients(m *mailparse.Message) []string {
+	var cands []string
+	for _, name := range []string{"X-Original-To", "Delivered-To"} {
+		for _, v := range m.Header[name] {
+			if a, err := mail.ParseAddress(strings.TrimSpace(v)); err == nil {
+				cands = append(cands, a.Address)
+			} else if s := strings.Trim(strings.TrimSpace(v), "<>"); strings.Contains(s, "@") {
+				cands = append(cands, s)
+			}
+		}
+	}
+	out := r.inDomains(cands)
+	if len(out) == 0 {
+		cands = cands[:0]
+		for _, a := range append(append([]mailparse.Address(nil), m.To...), m.Cc...) {
+			cands = append(cands, a.Email)
+		}
+		out = r.inDomains(cands)
+	}
+	return out
+}
+
+func (r *Relay) inDomains(addrs []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		a = strings.ToLower(strings.TrimSpace(a))
+		at := strings.LastIndexByte(a, '@')
+		if at < 0 || seen[a] {
+			continue
+		}
+		dom := a[at+1:]
+		for _, d := range r.o.Domains {
+			if strings.EqualFold(dom, d) {
+				seen[a] = true
+				out = append(out, a)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func listOrNone(xs []string) string {
+	if len(xs) == 0 {
+		return "nobody in the configured domains"
+	}
+	return strings.Join(xs, ", ")
+}
+
+// dedupeKey identifies a mail across copies: its Message-ID with its Date
+// and Subject (a tool that reuses one Message-ID for different mail still
+// gets each posted). "" for a generated Message-ID: such mail cannot be
+// recognised again.
+func dedupeKey(m *mailparse.Message) string {
+	if m.MessageIDGenerated || m.MessageID == "" {
+		return ""
+	}
+	var date int64
+	if !m.Date.IsZero() {
+		date = m.Date.Unix()
+	}
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%s", strings.ToLower(m.MessageID), date, m.Subject)))
+	return hex.EncodeToString(sum[:16])
 }
 
 // destination is one channel to post into.
@@ -220,7 +375,7 @@ type destination struct {
 	label     string
 }
 
-func (r *Relay) destinations(ctx context.Context, app *App, msg spool.Message, note func(string, string, ...any)) ([]destination, []string, error) {
+func (r *Relay) destinations(ctx context.Context, app *App, recipients []string, note func(string, string, ...any)) ([]destination, []string, error) {
 	var dests []destination
 	var unresolved []string
 	seen := map[string]bool{}
@@ -229,7 +384,7 @@ func (r *Relay) destinations(ctx context.Context, app *App, msg spool.Message, n
 		if err != nil {
 			return nil, nil, err
 		}
-		rcpts := append([]string(nil), msg.Envelope.Recipients...)
+		rcpts := append([]string(nil), recipients...)
 		sort.Strings(rcpts)
 		for _, rc := range rcpts {
 			u, why, err := r.resolve(ctx, app, rc)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mmgate/mmgate/internal/config"
 	"github.com/mmgate/mmgate/internal/directory"
+	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/route"
 	"github.com/mmgate/mmgate/internal/spool"
@@ -22,11 +23,22 @@ type fakeSpool struct {
 	mu     sync.Mutex
 	raw    map[string][]byte
 	ledger map[string]spool.LedgerEntry
+	claims map[string]string
 	events []string
 }
 
 func newFakeSpool() *fakeSpool {
-	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}}
+	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}, claims: map[string]string{}}
+}
+
+func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if owner, ok := s.claims[key+"|"+dest]; ok {
+		return owner, nil
+	}
+	s.claims[key+"|"+dest] = id
+	return id, nil
 }
 
 func (s *fakeSpool) OpenBody(_ context.Context, id string) (io.ReadCloser, error) {
@@ -185,7 +197,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{sp: newFakeSpool(), mm: newFakeMM(), dir: staticDir{"alice@corp.test": "alice", "bob@corp.test": "bob"}}
-	h.r = New(Options{Spool: h.sp, Router: rt, Directory: h.dir, SpillDir: t.TempDir(),
+	h.r = New(Options{Spool: h.sp, Router: rt, Directory: h.dir, SpillDir: t.TempDir(), Domains: []string{"corp.test"},
 		Apps: map[string]*App{"jira": {Name: "jira", Client: h.mm, DirectMessages: true}}})
 	return h
 }
@@ -354,5 +366,150 @@ func TestMattermostErrorsDecideRetryOrQuarantine(t *testing.T) {
 	out = h.handle("m7", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("busy", "x"))
 	if out.Kind != spool.OutcomeQuarantine || !strings.Contains(out.Reason, "api.context.permissions.app_error") {
 		t.Fatalf("403: %+v", out)
+	}
+}
+
+func (h *harness) handleEnv(id string, env spool.Envelope, raw string) spool.Outcome {
+	h.sp.mu.Lock()
+	h.sp.raw[id] = []byte(raw)
+	h.sp.mu.Unlock()
+	return h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Envelope: env})
+}
+
+// The same mail stored twice (two intakes, a resend after a lost 250) is
+// posted once; the second copy ends posted with the duplicate code.
+func TestSameMailTwiceIsPostedOnce(t *testing.T) {
+	h := newHarness(t)
+	raw := mkMail("twice", "x")
+	if out := h.handle("a1", "jira-svc@tools.test", []string{"alice@corp.test"}, raw); out.Kind != spool.OutcomePosted || out.Code != "" {
+		t.Fatalf("first copy: %+v", out)
+	}
+	// The second copy arrived through IMAP: more headers, no envelope.
+	polled := "Return-Path: <jira-svc@tools.test>\r\nDelivered-To: alice@corp.test\r\n" + raw
+	out := h.handleEnv("a2", spool.Envelope{Intake: "imap", NoEnvelope: true}, polled)
+	if out.Kind != spool.OutcomePosted || out.Code != spool.CodeDuplicate || !strings.Contains(out.Reason, "a1") {
+		t.Fatalf("second copy: %+v, events %v", out, h.sp.events)
+	}
+	if len(h.mm.posts) != 1 {
+		t.Fatalf("%d posts, want 1", len(h.mm.posts))
+	}
+}
+
+// postfix's pipe transport with one recipient per delivery stores one copy
+// per recipient, all with the same Message-ID: each recipient gets it.
+func TestSameMailToOtherRecipientsIsPosted(t *testing.T) {
+	h := newHarness(t)
+	raw := mkMail("split", "x")
+	for i, rc := range []string{"alice@corp.test", "bob@corp.test"} {
+		out := h.handle(fmt.Sprintf("s%d", i), "jira-svc@tools.test", []string{rc}, raw)
+		if out.Kind != spool.OutcomePosted || out.Code != "" {
+			t.Fatalf("copy for %s: %+v", rc, out)
+		}
+	}
+	if len(h.mm.posts) != 2 {
+		t.Fatalf("%d posts, want one per recipient", len(h.mm.posts))
+	}
+	// Another mail that reuses the Message-ID with another subject is not a copy.
+	other := strings.Replace(raw, "Subject: split", "Subject: split again", 1)
+	if out := h.handle("s3", "jira-svc@tools.test", []string{"alice@corp.test"}, other); out.Code == spool.CodeDuplicate {
+		t.Fatalf("a different mail with a reused Message-ID was taken for a copy: %+v", out)
+	}
+	if len(h.mm.posts) != 3 {
+		t.Fatalf("%d posts, want 3", len(h.mm.posts))
+	}
+}
+
+// Mail without an envelope (postback, IMAP) goes to the header's people in
+// the served domains; the sender comes from Return-Path; addresses with no
+// user (a list, the gateway's own mailbox) are skipped, not quarantined.
+func TestNoEnvelopeUsesHeaderRecipientsAndReturnPath(t *testing.T) {
+	h := newHarness(t)
+	raw := "Return-Path: <jira-svc@tools.test>\r\nFrom: Jira <jira@tools.test>\r\nTo: alice@corp.test, mmgate-inbox@corp.test\r\n" +
+		"Cc: bob@corp.test, someone@elsewhere.test\r\nSubject: hdr\r\nMessage-ID: <hdr@tools.test>\r\n\r\nbody\r\n"
+	out := h.handleEnv("n1", spool.Envelope{Intake: "postback", Mailbox: "incoming", NoEnvelope: true}, raw)
+	if out.Kind != spool.OutcomePosted {
+		t.Fatalf("%+v, events %v", out, h.sp.events)
+	}
+	got := map[string]bool{}
+	for _, p := range h.mm.posts {
+		got[p.ChannelID] = true
+	}
+	if len(h.mm.posts) != 2 || !got["dm-uid-alice"] || !got["dm-uid-bob"] {
+		t.Fatalf("posts to %v, want alice and bob once each", got)
+	}
+	ev := strings.Join(h.sp.events, "\n")
+	for _, want := range []string{"Return-Path", "mmgate-inbox@corp.test", "skipped"} {
+		if !strings.Contains(ev, want) {
+			t.Errorf("history lacks %q:\n%s", want, ev)
+		}
+	}
+	if strings.Contains(ev, "someone@elsewhere.test") {
+		t.Errorf("an address outside the served domains was considered:\n%s", ev)
+	}
+	// Delivered-To wins over To/Cc: it is the mailbox the mail was delivered to.
+	raw2 := "Delivered-To: bob@corp.test\r\n" + strings.Replace(raw, "Message-ID: <hdr@", "Message-ID: <hdr2@", 1)
+	if out := h.handleEnv("n2", spool.Envelope{Intake: "imap", NoEnvelope: true}, raw2); out.Kind != spool.OutcomePosted {
+		t.Fatalf("%+v", out)
+	}
+	if len(h.mm.posts) != 3 || h.mm.posts[2].ChannelID != "dm-uid-bob" {
+		t.Fatalf("want one new post, to bob: %d posts", len(h.mm.posts))
+	}
+}
+
+func TestBouncesAndAutoRepliesAreQuarantinedUnlessTheAppPostsThem(t *testing.T) {
+	h := newHarness(t)
+	bounce := "From: MAILER-DAEMON@mx.corp.test\r\nTo: jira-svc@tools.test\r\nSubject: Undelivered Mail Returned to Sender\r\n" +
+		"Message-ID: <b1@mx>\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n" +
+		"--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nStatus: 5.1.1\r\n--B--\r\n"
+	out := h.handle("b1", "", []string{"alice@corp.test"}, bounce)
+	if out.Kind != spool.OutcomeQuarantine || out.Code != "bounce" || !strings.HasPrefix(out.Reason, "bounce:") {
+		t.Fatalf("bounce: %+v", out)
+	}
+	ooo := "From: Bob <bob@corp.test>\r\nTo: alice@corp.test\r\nSubject: Automatic reply: build\r\nAuto-Submitted: auto-replied\r\n" +
+		"Message-ID: <o1@corp>\r\n\r\nI am away.\r\n"
+	out = h.handle("o1", "jira-svc@tools.test", []string{"alice@corp.test"}, ooo)
+	if out.Kind != spool.OutcomeQuarantine || out.Code != "auto_reply" || !strings.HasPrefix(out.Reason, "auto-reply:") {
+		t.Fatalf("auto-reply: %+v", out)
+	}
+	if len(h.mm.posts) != 0 {
+		t.Fatalf("%d posts, want none", len(h.mm.posts))
+	}
+	// A tool notification marked auto-generated and bulk is ordinary traffic.
+	note := strings.Replace(mkMail("nightly", "ok"), "\r\n\r\n", "\r\nAuto-Submitted: auto-generated\r\nPrecedence: bulk\r\n\r\n", 1)
+	if out := h.handle("g1", "jira-svc@tools.test", []string{"alice@corp.test"}, note); out.Kind != spool.OutcomePosted {
+		t.Fatalf("auto-generated notification: %+v", out)
+	}
+	// An app configured to post auto-replies posts them.
+	h.r.o.Apps["jira"].PostAutoReplies = true
+	if out := h.handle("o2", "jira-svc@tools.test", []string{"alice@corp.test"}, strings.Replace(ooo, "<o1@", "<o2@", 1)); out.Kind != spool.OutcomePosted {
+		t.Fatalf("auto-reply with auto_replies: post: %+v", out)
+	}
+	if len(h.mm.posts) != 2 {
+		t.Fatalf("%d posts, want 2", len(h.mm.posts))
+	}
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, fmt.Errorf("disk read error") }
+
+type bodySpool struct {
+	*fakeSpool
+	open func() (io.ReadCloser, error)
+}
+
+func (s bodySpool) OpenBody(context.Context, string) (io.ReadCloser, error) { return s.open() }
+
+func TestUnreadableBodyRetriesMissingBodyQuarantines(t *testing.T) {
+	h := newHarness(t)
+	h.r.SetSpool(bodySpool{h.sp, func() (io.ReadCloser, error) { return io.NopCloser(failingReader{}), nil }})
+	if out := h.handle("r1", "jira-svc@tools.test", []string{"alice@corp.test"}, ""); out.Kind != spool.OutcomeRetry {
+		t.Fatalf("a read error is not the mail's fault, want retry: %+v", out)
+	}
+	h.r.SetSpool(bodySpool{h.sp, func() (io.ReadCloser, error) {
+		return nil, fault.New(fault.NotFound, "body_missing", "raw message r2 is missing")
+	}})
+	if out := h.handle("r2", "jira-svc@tools.test", []string{"alice@corp.test"}, ""); out.Kind != spool.OutcomeQuarantine || out.Code != "body_missing" {
+		t.Fatalf("missing raw mail: want quarantine body_missing, got %+v", out)
 	}
 }

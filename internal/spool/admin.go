@@ -383,3 +383,35 @@ func (s *Spool) LedgerList(ctx context.Context, msgID string) ([]LedgerEntry, er
 	}
 	return es, nil
 }
+
+// StateGet returns an intake's durable value for key.
+func (s *Spool) StateGet(ctx context.Context, key string) (string, bool, error) {
+	v, ok, err := sqlStateGet(ctx, s.db, key)
+	if err != nil {
+		return "", false, dbErr(err)
+	}
+	return v, ok, nil
+}
+
+// StateSet durably stores an intake's value for key.
+func (s *Spool) StateSet(ctx context.Context, key, value string) error {
+	return s.withTx(ctx, func(tx *sql.Tx) error { return sqlStateSet(ctx, tx, key, value, s.now()) })
+}
+
+// ClaimDelivery makes msgID the one message that posts the mail identified
+// by mailKey (a hash of its Message-ID) to dest, unless another message
+// already claimed it, and returns the claim's holder: msgID itself, or the
+// message that posts (or posted) the same mail there. A claim lasts as long
+// as its message, or Retention after it was made.
+func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error) {
+	var owner string
+	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		owner, err = sqlClaimDelivery(ctx, tx, mailKey, dest, msgID, s.now())
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return owner, nil
+}

@@ -372,6 +372,9 @@ func (s *Spool) purgeRetention(ctx context.Context) {
 	if n > 0 {
 		s.log.Info("spool: purged raw mail of posted messages", "count", n, "older_than", s.opts.Retention)
 	}
+	if _, err := sqlPurgeClaims(ctx, s.db, s.now().Add(-s.opts.Retention)); err != nil {
+		s.log.Error("spool: purging old delivery claims failed", "err", err)
+	}
 }
 
 func (s *Spool) refreshGauge(ctx context.Context) {

@@ -71,6 +71,25 @@ var schemaSQL = []string{
 		done_at    INTEGER,
 		PRIMARY KEY (message_id, dest, part)
 	)`,
+	// Intake state: small durable values an intake keeps (an IMAP
+	// mailbox's first-seen time).
+	`CREATE TABLE IF NOT EXISTS intake_state (
+		key        TEXT PRIMARY KEY,
+		value      TEXT NOT NULL,
+		updated_at INTEGER NOT NULL
+	)`,
+	// Delivery claims: which message posts a mail (by its Message-ID) to a
+	// destination, so that the same mail stored twice (two intakes, a
+	// sender's resend after a lost 250, a re-polled mailbox) is posted once.
+	`CREATE TABLE IF NOT EXISTS claims (
+		mail_key   TEXT NOT NULL,
+		dest       TEXT NOT NULL,
+		message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+		at         INTEGER NOT NULL,
+		PRIMARY KEY (mail_key, dest)
+	)`,
+	`CREATE INDEX IF NOT EXISTS claims_at ON claims (at)`,
+	`CREATE INDEX IF NOT EXISTS claims_message ON claims (message_id)`,
 	`CREATE TABLE IF NOT EXISTS spool_probe (
 		k  INTEGER PRIMARY KEY,
 		at INTEGER NOT NULL
@@ -542,4 +561,39 @@ func sqlMessageExists(ctx context.Context, q dbtx, id string) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+func sqlStateGet(ctx context.Context, q dbtx, key string) (string, bool, error) {
+	var v string
+	err := q.QueryRowContext(ctx, `SELECT value FROM intake_state WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, nil
+	}
+	return v, err == nil, err
+}
+
+func sqlStateSet(ctx context.Context, q dbtx, key, value string, now time.Time) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO intake_state (key, value, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`, key, value, toDB(now))
+	return err
+}
+
+// sqlClaim records msgID as the poster of mailKey to dest unless another
+// message holds that claim, and returns the holder.
+func sqlClaimDelivery(ctx context.Context, q dbtx, mailKey, dest, msgID string, now time.Time) (string, error) {
+	if _, err := q.ExecContext(ctx, `INSERT INTO claims (mail_key, dest, message_id, at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (mail_key, dest) DO NOTHING`, mailKey, dest, msgID, toDB(now)); err != nil {
+		return "", err
+	}
+	var owner string
+	err := q.QueryRowContext(ctx, `SELECT message_id FROM claims WHERE mail_key = ? AND dest = ?`, mailKey, dest).Scan(&owner)
+	return owner, err
+}
+
+func sqlPurgeClaims(ctx context.Context, q dbtx, cutoff time.Time) (int64, error) {
+	res, err := q.ExecContext(ctx, `DELETE FROM claims WHERE at < ?`, toDB(cutoff))
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }

@@ -95,6 +95,10 @@ type Outcome struct {
 	Code string
 }
 
+// CodeDuplicate is the Code of an OutcomePosted that posted nothing: the
+// same mail had reached every destination through another message.
+const CodeDuplicate = "duplicate"
+
 // Handler processes one message (the relay implements it). ctx carries the job timeout.
 type Handler interface {
 	Handle(ctx context.Context, msg Message) Outcome

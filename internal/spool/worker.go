@@ -214,6 +214,11 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 	app := row.App
 	switch state {
 	case StatePosted:
+		if out.Code == CodeDuplicate {
+			metrics.Duplicates.WithLabelValues(app).Inc()
+			s.log.Info("spool: duplicate, nothing posted", "id", id, "app", app)
+			break
+		}
 		metrics.Posted.WithLabelValues(app).Inc()
 		metrics.DeliveryLatency.WithLabelValues(app).Observe(now.Sub(msg.ReceivedAt).Seconds())
 		s.log.Info("spool: posted", "id", id, "app", app, "attempt", msg.Attempt)

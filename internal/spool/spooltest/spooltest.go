@@ -52,6 +52,8 @@ func Run(t *testing.T, newStorage NewStorage) {
 		{"Writable", testWritable},
 		{"StopWaitsForRunningHandler", testStopWaits},
 		{"RetryQueued", testRetryQueued},
+		{"IntakeState", testIntakeState},
+		{"DeliveryClaims", testClaims},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStorage) })
@@ -855,5 +857,71 @@ func testRetryQueued(t *testing.T, newStorage NewStorage) {
 	waitState(t, server, id, spool.StatePosted)
 	if got := rec.count(id); got != 1 {
 		t.Errorf("handler called %d times, want 1", got)
+	}
+}
+
+func testIntakeState(t *testing.T, newStorage NewStorage) {
+	base := newStorage(t)
+	s := open(t, fast(base, nil))
+	ctx := context.Background()
+	if _, ok, err := s.StateGet(ctx, "imap/ops/first_seen"); err != nil || ok {
+		t.Fatalf("StateGet of a missing key: ok=%v err=%v", ok, err)
+	}
+	for _, v := range []string{"2026-11-29T10:00:00Z", "2026-11-30T10:00:00Z"} {
+		if err := s.StateSet(ctx, "imap/ops/first_seen", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another process on the same storage sees the last value.
+	s2 := open(t, fast(base, nil))
+	v, ok, err := s2.StateGet(ctx, "imap/ops/first_seen")
+	if err != nil || !ok || v != "2026-11-30T10:00:00Z" {
+		t.Fatalf("StateGet from a second instance: %q ok=%v err=%v", v, ok, err)
+	}
+}
+
+func testClaims(t *testing.T, newStorage NewStorage) {
+	rec := newRecorder(func(msg spool.Message, _ int) spool.Outcome {
+		if msg.Size == 100 {
+			return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: "held for the test"}
+		}
+		return posted()
+	})
+	s := open(t, fast(newStorage(t), rec))
+	start(t, s)
+	ctx := context.Background()
+	a := accept(t, s, body(100))
+	b := accept(t, s, body(200))
+	waitState(t, s, a, spool.StateQuarantined)
+	waitState(t, s, b, spool.StatePosted)
+	claim := func(dest, id string) string {
+		t.Helper()
+		owner, err := s.ClaimDelivery(ctx, "mail-1", dest, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return owner
+	}
+	if got := claim("dm:alice", a); got != a {
+		t.Fatalf("first claim: holder %s, want %s", got, a)
+	}
+	if got := claim("dm:alice", a); got != a {
+		t.Fatalf("repeated claim by the holder: holder %s, want %s", got, a)
+	}
+	if got := claim("dm:alice", b); got != a {
+		t.Fatalf("second message claiming the same mail and destination: holder %s, want the first, %s", got, a)
+	}
+	if got := claim("dm:bob", b); got != b {
+		t.Fatalf("another destination: holder %s, want %s", got, b)
+	}
+	// Deleting the holder (an operator's quarantine delete) frees its claims.
+	if _, err := s.ClaimDelivery(ctx, "mail-1", "dm:carol", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim("dm:alice", b); got != b {
+		t.Fatalf("after the holder was deleted: holder %s, want %s", got, b)
 	}
 }
