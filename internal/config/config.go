@@ -77,9 +77,9 @@ type PostbackMailbox struct {
 	Username string `koanf:"username"`
 	// JWTSecretFile holds base64 of exactly 32 bytes (GitLab's mail_room
 	// secret file); requests then carry an HS256 JWT in JWTHeader.
-	JWTSecretFile string `koanf:"jwt_secret_file"`
-	JWTHeader     string `koanf:"jwt_header"` // default Gitlab-Mailroom-Api-Request
-	JWTIssuer     string `koanf:"jwt_issuer"` // default gitlab-mailroom
+	JWTSecretFile   string `koanf:"jwt_secret_file"`
+	JWTHeader       string `koanf:"jwt_header"` // default Gitlab-Mailroom-Api-Request
+	JWTIssuer       string `koanf:"jwt_issuer"` // default gitlab-mailroom
 	MailboxDefaults `koanf:",squash"`
 }
 
@@ -121,7 +121,7 @@ type IMAPMailbox struct {
 	Since string `koanf:"since"`
 	// PollInterval is used when the server has no IDLE, and as IDLE's
 	// refresh (default 1m).
-	PollInterval time.Duration `koanf:"poll_interval"`
+	PollInterval    time.Duration `koanf:"poll_interval"`
 	MailboxDefaults `koanf:",squash"`
 }
 

@@ -94,7 +94,7 @@ type Options struct {
 	// message without envelope recipients (postback, IMAP) is delivered to
 	// the header's addresses in these domains.
 	Domains []string
-	Logger   *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Relay implements spool.Handler.
