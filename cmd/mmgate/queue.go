@@ -18,7 +18,7 @@ import (
 // withSpool opens the configured spool for administration (no workers), so
 // the commands work whether or not `mmgate serve` is running on the same data.
 func (g *globals) withSpool(ctx context.Context, fn func(*spool.Spool) error) error {
-	cfg, err := g.load()
+	cfg, err := g.loadLite()
 	if err != nil {
 		return err
 	}

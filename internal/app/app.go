@@ -14,11 +14,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/mmgate/mmgate/internal/config"
 	"github.com/mmgate/mmgate/internal/directory/static"
 	"github.com/mmgate/mmgate/internal/httpapi"
+	"github.com/mmgate/mmgate/internal/intake/pipe"
+	"github.com/mmgate/mmgate/internal/intake/postback"
 	smtpintake "github.com/mmgate/mmgate/internal/intake/smtp"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/relay"
@@ -62,8 +65,13 @@ type Server struct {
 	spool *spool.Spool
 	smtp  *smtpintake.Server
 	http  *http.Server
+	pipe  *http.Server
 	smtpL net.Listener
 	httpL net.Listener
+	pipeL net.Listener
+	// stopIntakes ends the pollers (IMAP); pollers is their count.
+	stopIntakes context.CancelFunc
+	pollers     sync.WaitGroup
 }
 
 // SMTPAddr is the SMTP listener's address (useful with port 0).
@@ -168,13 +176,27 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		}
 		s.smtp, s.smtpL = srv, l
 	}
+	routes, err := postbackRoutes(cfg, sp, log)
+	if err != nil {
+		return fail(err)
+	}
 	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("http.listen: %w", err))
 	}
 	s.httpL = hl
-	s.http = &http.Server{Handler: httpapi.New(httpapi.Options{Checks: checks, Spool: sp}),
+	s.http = &http.Server{Handler: httpapi.New(httpapi.Options{Checks: checks, Spool: sp, Routes: routes}),
 		ReadHeaderTimeout: 10 * time.Second}
+	if sock := cfg.PipeSocket(); sock != "" {
+		mode, _ := cfg.PipeSocketMode()
+		pl, err := pipe.Listen(sock, mode, cfg.Pipe.SocketGroup)
+		if err != nil {
+			return fail(err)
+		}
+		s.pipeL = pl
+		s.pipe = &http.Server{Handler: pipe.Handler(sp, cfg.SMTP.MaxMessageBytes, log.With("component", "pipe")),
+			ReadHeaderTimeout: 10 * time.Second}
+	}
 
 	if err := sp.Start(ctx); err != nil {
 		return fail(err)
@@ -191,8 +213,19 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 			}
 		}()
 	}
+	if s.pipe != nil {
+		go func() {
+			if err := s.pipe.Serve(s.pipeL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("pipe socket server stopped", "err", err)
+			}
+		}()
+	}
+	if err := s.startPollers(cfg, sp, log); err != nil {
+		return fail(err)
+	}
 	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(apps),
-		"spool", cfg.SpoolPath())
+		"spool", cfg.SpoolPath(), "pipe_socket", cfg.PipeSocket(), "postback_mailboxes", len(cfg.Postback.Mailboxes),
+		"imap_mailboxes", len(cfg.IMAP.Mailboxes))
 	return s, nil
 }
 
@@ -208,6 +241,13 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.http != nil {
 		_ = s.http.Shutdown(ctx)
 	}
+	if s.pipe != nil {
+		_ = s.pipe.Shutdown(ctx)
+	}
+	if s.stopIntakes != nil {
+		s.stopIntakes()
+		s.pollers.Wait()
+	}
 	if s.spool != nil {
 		if err := s.spool.Stop(ctx); err != nil {
 			s.log.Warn("spool stop", "err", err)
@@ -217,4 +257,55 @@ func (s *Server) Stop(ctx context.Context) {
 		}
 	}
 	s.log.Info("mmgate stopped")
+}
+
+// postbackRoutes builds the postback intake's route, if mailboxes are configured.
+func postbackRoutes(cfg config.Config, sp *spool.Spool, log *slog.Logger) (map[string]http.Handler, error) {
+	if len(cfg.Postback.Mailboxes) == 0 {
+		return nil, nil
+	}
+	var mbs []postback.Mailbox
+	for name, m := range cfg.Postback.Mailboxes {
+		mb := postback.Mailbox{Name: name, Username: m.Username, JWTHeader: m.JWTHeader, JWTIssuer: m.JWTIssuer,
+			App: m.App, Recipients: m.Recipients}
+		if m.Token.IsSet() {
+			tok, err := m.Token.Resolve()
+			if err != nil {
+				return nil, fmt.Errorf("postback.mailboxes.%s.token: %w", name, err)
+			}
+			mb.Token = tok
+		}
+		if m.JWTSecretFile != "" {
+			key, err := config.ReadJWTSecret(m.JWTSecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("postback.mailboxes.%s.jwt_secret_file: %w", name, err)
+			}
+			mb.JWTKey = key
+		}
+		mbs = append(mbs, mb)
+	}
+	h := postback.New(sp, postback.Options{Mailboxes: mbs, MaxBytes: cfg.PostbackMaxBytes(),
+		Logger: log.With("component", "postback")})
+	return map[string]http.Handler{postback.Path: h}, nil
+}
+
+// startPollers starts one IMAP poller per configured mailbox.
+func (s *Server) startPollers(cfg config.Config, sp *spool.Spool, log *slog.Logger) error {
+	if len(cfg.IMAP.Mailboxes) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopIntakes = cancel
+	for name, m := range cfg.IMAP.Mailboxes {
+		p, err := newPoller(name, m, sp, log.With("component", "imap", "mailbox", name))
+		if err != nil {
+			return err
+		}
+		s.pollers.Add(1)
+		go func() {
+			defer s.pollers.Done()
+			_ = p.Run(ctx)
+		}()
+	}
+	return nil
 }

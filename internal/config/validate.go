@@ -235,6 +235,24 @@ func (c Config) Validate() error {
 	return ps
 }
 
+// ValidateStorage checks only what locating the spool needs, for commands
+// that administer it or store through the running instance: they must work
+// for operators and pipe users who cannot read the bot tokens.
+func (c Config) ValidateStorage() error {
+	var ps Problems
+	add := func(path, format string, a ...any) { ps = append(ps, Problem{path, fmt.Sprintf(format, a...)}) }
+	if c.DataDir == "" && (c.Spool.Path == "" || c.Spool.Blobs.Dir == "") {
+		add("data_dir", "is required (or set spool.path and spool.blobs.dir)")
+	}
+	if c.Spool.Driver != "sqlite" {
+		add("spool.driver", "only sqlite is supported in this version, got %q", c.Spool.Driver)
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}
+
 // validateIntakes checks the pipe socket, the postback mailboxes and the IMAP
 // mailboxes.
 func (c Config) validateIntakes(add func(string, string, ...any)) {

@@ -32,6 +32,8 @@ type Options struct {
 	Checks map[string]Check
 	// Spool feeds the mmgate_spool_messages gauge at scrape time (optional).
 	Spool Counter
+	// Routes are further endpoints by ServeMux pattern (the postback intake).
+	Routes map[string]http.Handler
 	// CacheFor keeps readiness results this long (default 5s) so that probes
 	// do not hammer Mattermost.
 	CacheFor time.Duration
@@ -62,6 +64,9 @@ func New(o Options) http.Handler {
 		}
 		prom.ServeHTTP(w, r)
 	})
+	for pattern, h := range o.Routes {
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		WriteError(w, fault.New(fault.NotFound, "not_found", "no such endpoint"))
 	})

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mmgate/mmgate/internal/config"
+	"github.com/mmgate/mmgate/internal/fault"
+	"github.com/mmgate/mmgate/internal/intake/pipe"
+)
+
+// deliverCmd is the pipe intake's client: postfix's pipe transport, .forward
+// and procmail run it with one message on standard input.
+func deliverCmd(g *globals) *cobra.Command {
+	var (
+		p      pipe.Params
+		socket string
+	)
+	c := &cobra.Command{
+		Use:   "deliver [--app NAME] [--sender S] [--recipient R]... [-- R...]",
+		Short: "Store one message read on standard input in the running instance (postfix pipe transport)",
+		Long: `deliver reads one RFC 822 message on standard input and stores it in the
+running mmgate through its local socket (pipe.socket). Exit codes follow
+sysexits, as postfix's pipe transport expects: 0 stored; 75 (EX_TEMPFAIL) the
+instance is unreachable or could not store it, so the sender keeps the mail
+and retries; 65 (EX_DATAERR) the message can never be accepted (empty, too
+large). Without --sender the envelope is unknown: the relay takes the sender
+from Return-Path and, without recipients, the recipients from the header.
+
+postfix master.cf:
+  mmgate unix - n n - 10 pipe flags=Rq user=mmgate null_sender=
+    argv=/usr/local/bin/mmgate deliver -c /etc/mmgate/mmgate.yaml --sender ${sender} -- ${recipient}`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.HasSender = cmd.Flags().Changed("sender")
+			p.Recipients = append(p.Recipients, args...)
+			if socket == "" {
+				cfg, err := g.loadLite()
+				if err != nil {
+					// A configuration the pipe user cannot read is an
+					// operator's problem: keep the mail queued.
+					return &exitError{fault.ExitTempFail, err}
+				}
+				socket = cfg.PipeSocket()
+				if socket == "" {
+					return &exitError{fault.ExitTempFail, fmt.Errorf("pipe.socket is \"-\" in the configuration: the running instance has no socket to deliver to")}
+				}
+			}
+			id, err := pipe.Deliver(cmd.Context(), socket, p, os.Stdin)
+			if err != nil {
+				code := fault.ExitTempFail
+				switch fault.KindOf(err) {
+				case fault.Invalid, fault.TooLarge, fault.Permanent:
+					code = fault.ExitDataErr
+				}
+				hint := "the message stays with the sender, who will retry"
+				if code == fault.ExitDataErr {
+					hint = "the message can never be accepted"
+				}
+				return &exitError{code, fmt.Errorf("%w (%s)", err, hint)}
+			}
+			if v, _ := cmd.Flags().GetBool("verbose"); v {
+				fmt.Fprintf(cmd.OutOrStdout(), "stored as %s\n", id)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&p.App, "app", "", "the source app (default: found by the sender and routing rules)")
+	c.Flags().StringVar(&p.Sender, "sender", "", "the envelope sender (postfix: ${sender}; empty for the null sender)")
+	c.Flags().StringArrayVar(&p.Recipients, "recipient", nil, "an envelope recipient (repeatable; arguments after -- are recipients too)")
+	c.Flags().StringVar(&socket, "socket", "", "the instance's socket (default: pipe.socket of the configuration)")
+	c.Flags().BoolP("verbose", "v", false, "print the spool id")
+	return c
+}
+
+// loadLite reads the configuration without validating the parts that need
+// secrets or other files: for commands that only need paths (deliver, the
+// queue and quarantine administration), run by users who cannot read the
+// bot tokens.
+func (g *globals) loadLite() (config.Config, error) {
+	path := g.configPath
+	if path == "" {
+		if _, err := os.Stat("mmgate.yaml"); err == nil {
+			path = "mmgate.yaml"
+		}
+	}
+	cfg, err := config.Load(path, os.Environ())
+	if err != nil {
+		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("%w\n(run `mmgate config check` for every problem)", err)}
+	}
+	if err := cfg.ValidateStorage(); err != nil {
+		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("configuration has problems:\n%w\n(fix them, then run `mmgate config check -c %s`)", err, orDefault(path))}
+	}
+	return cfg, nil
+}
