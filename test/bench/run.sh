@@ -144,6 +144,11 @@ relay:
   poll_interval: $poll
 directory:
   file: $work/users.yaml
+pipe:
+  socket: "-"
+postback:
+  mailboxes:
+    bench: {token: benchtoken, app: jira}
 apps:
   jira:
     display_name: Jira
@@ -309,7 +314,37 @@ else
 	rate_idle=$RATE
 	add_row "1b. SMTP intake, delivery idle" ">= 2000 msgs/s" "$rate_idle msgs/s" "$(verdict "$rate_idle" ge 2000)"
 	stop_pid "$standin_pid"
+	STANDIN_URL=
 	cat "$work/standin.log" | grep -v '^standin listening' | sed 's/^/  /'
+fi
+
+section "4. postback intake: 10 KB messages, 8 concurrent clients (target ≥ 2000 msgs/s)"
+if [ -z "${STANDIN_URL:-}" ]; then
+	sport=$("$bin/sysbench" freeport 1)
+	"$bin/sysbench" standin -listen "127.0.0.1:$sport" > "$work/standin4.log" 2>&1 &
+	pids+=("$!")
+	STANDIN_URL=http://127.0.0.1:$sport
+fi
+# Delivery idle, as in 1b: the figure is the intake's.
+write_config postback "$STANDIN_URL" standin-token 1h 67108864
+if start_mmgate postback; then
+	out=$(timeout $((INTAKE_MAX + 20)) "$bin/sysbench" postback -url "http://$HTTP_ADDR/intake/mailroom/bench" -token benchtoken \
+		-n "$N" -c 8 -size 10240 -max "${INTAKE_MAX}s" 2>&1)
+	echo "$out" | grep -v '^RESULT'
+	pb_ok=0 pb_failed=0 pb_secs=0
+	result_vars pb $(echo "$out" | grep '^RESULT' | tail -n 1)
+	counts=$("$bin/sysbench" spoolcount -db "$work/postback/data/spool.db") || counts="total=0"
+	c_total=0
+	result_vars c $counts
+	pb_rate=$(awk -v n="$c_total" -v s="$pb_secs" 'BEGIN {if (s > 0) printf "%.0f", n/s; else print "n/a"}')
+	echo "stored $c_total messages in $pb_secs s → $pb_rate msgs/s durably stored ($pb_ok answered 200)"
+	v=$(verdict "$pb_rate" ge 2000)
+	[ "$c_total" = "$pb_ok" ] || { echo "NOTE: $pb_ok answered 200 but $c_total rows are in the spool"; v=MISS; }
+	show_log_problems "$work/postback/mmgate.log"
+	stop_pid "$MMGATE_PID"
+	add_row "4. postback intake, delivery idle" ">= 2000 msgs/s" "$pb_rate msgs/s" "$v"
+else
+	add_row "4. postback intake, delivery idle" ">= 2000 msgs/s" "mmgate did not start" MISS
 fi
 
 section "1c. in-process Go benchmarks (-benchtime 3s)"

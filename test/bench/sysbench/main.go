@@ -6,6 +6,7 @@
 //	sysbench spoolcount -db PATH   count the messages in a spool, by state
 //	sysbench latency …             figure 2: SMTP 250 → post visible in the real Mattermost
 //	sysbench bigattach …           figure 3: peak RSS growth for a 25 MB attachment
+//	sysbench postback …            figure 4: postback intake load (mail_room's requests)
 //
 // It owns only the measurement: it never changes mmgate's code or its spool
 // (the spool is opened read-only), never talks to anything but 127.0.0.1, and
@@ -36,6 +37,8 @@ func main() {
 		err = cmdLatency(args)
 	case "bigattach":
 		err = cmdBigAttach(args)
+	case "postback":
+		err = cmdPostback(args)
 	default:
 		usage()
 	}
@@ -46,6 +49,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: sysbench freeport|waitsmtp|standin|spoolcount|latency|bigattach [flags]")
+	fmt.Fprintln(os.Stderr, "usage: sysbench freeport|waitsmtp|standin|spoolcount|latency|bigattach|postback [flags]")
 	os.Exit(2)
 }
