@@ -236,13 +236,13 @@ func (s *Spool) commitBatch(batch []*acceptReq) (err error) {
 		}
 	}()
 
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.q.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
-			_ = tx.Rollback()
+			s.q.rollback(tx)
 		}
 	}()
 	params := make([]river.InsertManyParams, len(batch))
@@ -252,16 +252,12 @@ func (s *Spool) commitBatch(batch []*acceptReq) (err error) {
 			InsertOpts: &river.InsertOpts{MaxAttempts: maxAttempts},
 		}
 	}
-	res, err := s.river.InsertManyTx(ctx, tx, params)
+	jobIDs, err := s.jobs.insertMany(ctx, tx, params)
 	if err != nil {
 		return fmt.Errorf("insert jobs: %w", err)
 	}
-	if len(res) != len(batch) {
-		return fmt.Errorf("insert jobs: got %d results for %d jobs", len(res), len(batch))
-	}
-	jobIDs := make([]int64, len(res))
-	for i, r := range res {
-		jobIDs[i] = r.Job.ID
+	if len(jobIDs) != len(batch) {
+		return fmt.Errorf("insert jobs: got %d results for %d jobs", len(jobIDs), len(batch))
 	}
 	if err = sqlInsertAccepted(ctx, tx, batch, jobIDs, s.now()); err != nil {
 		return err
@@ -270,5 +266,5 @@ func (s *Spool) commitBatch(batch []*acceptReq) (err error) {
 	if err = <-syncErr; err != nil {
 		return fmt.Errorf("fsync raw messages: %w", err)
 	}
-	return tx.Commit()
+	return s.q.commit(ctx, tx)
 }

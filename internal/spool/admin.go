@@ -24,20 +24,20 @@ func conflict(id string, st State, op string) error {
 }
 
 // withTx runs fn in a transaction and commits it.
-func (s *Spool) withTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Spool) withTx(ctx context.Context, fn func(tx txn) error) error {
+	tx, err := s.q.begin(ctx)
 	if err != nil {
 		return dbErr(err)
 	}
 	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
+		s.q.rollback(tx)
 		var fe *fault.Error
 		if errors.As(err, &fe) {
 			return err
 		}
 		return dbErr(err)
 	}
-	if err := tx.Commit(); err != nil {
+	if err := s.q.commit(ctx, tx); err != nil {
 		return dbErr(err)
 	}
 	return nil
@@ -58,7 +58,7 @@ func getRow(ctx context.Context, q dbtx, id string) (msgRow, error) {
 // OpenBody returns the raw message; fault.NotFound if the message is unknown
 // or its body was purged.
 func (s *Spool) OpenBody(ctx context.Context, id string) (io.ReadCloser, error) {
-	r, err := getRow(ctx, s.db, id)
+	r, err := getRow(ctx, s.q, id)
 	if err != nil {
 		if fault.Is(err, fault.NotFound) {
 			return nil, err
@@ -68,7 +68,7 @@ func (s *Spool) OpenBody(ctx context.Context, id string) (io.ReadCloser, error) 
 	if r.BodyPurged {
 		return nil, fault.New(fault.NotFound, "body_purged", fmt.Sprintf("raw message %s was removed after retention", id))
 	}
-	data, err := sqlInlineBody(ctx, s.db, id)
+	data, err := sqlInlineBody(ctx, s.q, id)
 	if err == nil {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	}
@@ -92,7 +92,7 @@ func (s *Spool) Get(ctx context.Context, id string) (Message, []Event, error) {
 		evs []Event
 	)
 	// One read transaction, so the message and its events agree.
-	err := s.withTx(ctx, func(tx *sql.Tx) error {
+	err := s.withTx(ctx, func(tx txn) error {
 		var err error
 		if r, err = getRow(ctx, tx, id); err != nil {
 			return err
@@ -112,7 +112,7 @@ func (s *Spool) List(ctx context.Context, f ListFilter) ([]Message, error) {
 		f.Limit = 100
 	}
 	f.Limit = min(f.Limit, 1000)
-	msgs, err := sqlList(ctx, s.db, f)
+	msgs, err := sqlList(ctx, s.q, f)
 	if err != nil {
 		return nil, dbErr(err)
 	}
@@ -121,7 +121,7 @@ func (s *Spool) List(ctx context.Context, f ListFilter) ([]Message, error) {
 
 // Counts returns the number of messages in each state (every state present).
 func (s *Spool) Counts(ctx context.Context) (map[State]int, error) {
-	c, err := sqlCounts(ctx, s.db)
+	c, err := sqlCounts(ctx, s.q)
 	if err != nil {
 		return nil, dbErr(err)
 	}
@@ -136,7 +136,7 @@ func (s *Spool) AddEvent(ctx context.Context, id, kind, detail string) error {
 	if !validID(id) {
 		return notFound(id)
 	}
-	ok, err := sqlAddEvent(ctx, s.db, id, s.now(), kind, detail)
+	ok, err := sqlAddEvent(ctx, s.q, id, s.now(), kind, detail)
 	if err != nil {
 		return dbErr(err)
 	}
@@ -152,7 +152,7 @@ func (s *Spool) SetInfo(ctx context.Context, id, app, subject, messageID string)
 	if !validID(id) {
 		return notFound(id)
 	}
-	ok, err := sqlSetInfo(ctx, s.db, id, app, subject, messageID, s.now())
+	ok, err := sqlSetInfo(ctx, s.q, id, app, subject, messageID, s.now())
 	if err != nil {
 		return dbErr(err)
 	}
@@ -165,7 +165,7 @@ func (s *Spool) SetInfo(ctx context.Context, id, app, subject, messageID string)
 // Retry makes a queued or retrying message due now (fault.Conflict for posted
 // or quarantined ones). If its delivery is running, nothing changes.
 func (s *Spool) Retry(ctx context.Context, id string) error {
-	return s.withTx(ctx, func(tx *sql.Tx) error {
+	return s.withTx(ctx, func(tx txn) error {
 		m, err := getRow(ctx, tx, id)
 		if err != nil {
 			return err
@@ -175,7 +175,7 @@ func (s *Spool) Retry(ctx context.Context, id string) error {
 		}
 		now := s.now()
 		detail := "operator asked for an immediate retry"
-		job, err := s.river.JobGetTx(ctx, tx, m.jobID)
+		job, err := s.jobs.get(ctx, tx, m.jobID)
 		switch {
 		case errors.Is(err, river.ErrNotFound) || err == nil && finalized(job.State):
 			jobID, err := s.insertJob(ctx, tx, id, time.Time{})
@@ -199,7 +199,7 @@ func (s *Spool) Retry(ctx context.Context, id string) error {
 				return err
 			}
 		default:
-			if _, err := s.river.JobRetryTx(ctx, tx, m.jobID); err != nil && !errors.Is(err, river.ErrNotFound) {
+			if err := s.jobs.retry(ctx, tx, m.jobID); err != nil && !errors.Is(err, river.ErrNotFound) {
 				return err
 			}
 		}
@@ -221,7 +221,7 @@ func finalized(st rivertype.JobState) bool {
 // and a new retry cycle (fault.Conflict otherwise). note is recorded in the
 // "released" event.
 func (s *Spool) Release(ctx context.Context, id, note string) error {
-	return s.withTx(ctx, func(tx *sql.Tx) error {
+	return s.withTx(ctx, func(tx txn) error {
 		m, err := getRow(ctx, tx, id)
 		if err != nil {
 			return err
@@ -248,7 +248,7 @@ func (s *Spool) Release(ctx context.Context, id, note string) error {
 // Delete removes a quarantined message: its record, history, ledger and raw
 // bytes (fault.Conflict for other states).
 func (s *Spool) Delete(ctx context.Context, id string) error {
-	err := s.withTx(ctx, func(tx *sql.Tx) error {
+	err := s.withTx(ctx, func(tx txn) error {
 		m, err := getRow(ctx, tx, id)
 		if err != nil {
 			return err
@@ -279,7 +279,7 @@ func (s *Spool) PurgePosted(ctx context.Context, olderThan time.Duration) (int, 
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		ids, err := sqlPurgeCandidates(ctx, s.db, cutoff, 500)
+		ids, err := sqlPurgeCandidates(ctx, s.q, cutoff, 500)
 		if err != nil {
 			return total, dbErr(err)
 		}
@@ -300,7 +300,7 @@ func (s *Spool) PurgePosted(ctx context.Context, olderThan time.Duration) (int, 
 			return total, unavailable("cannot remove raw messages", nil)
 		}
 		now := s.now()
-		err = s.withTx(ctx, func(tx *sql.Tx) error {
+		err = s.withTx(ctx, func(tx txn) error {
 			for _, id := range done {
 				if err := sqlMarkPurged(ctx, tx, id, now); err != nil {
 					return err
@@ -320,7 +320,7 @@ func (s *Spool) PurgePosted(ctx context.Context, olderThan time.Duration) (int, 
 
 // LedgerGet returns the ledger entry of (message, destination, part).
 func (s *Spool) LedgerGet(ctx context.Context, msgID, dest, part string) (LedgerEntry, bool, error) {
-	e, err := sqlLedgerGet(ctx, s.db, msgID, dest, part)
+	e, err := sqlLedgerGet(ctx, s.q, msgID, dest, part)
 	if errors.Is(err, sql.ErrNoRows) {
 		return LedgerEntry{}, false, nil
 	}
@@ -336,7 +336,7 @@ func (s *Spool) LedgerIntent(ctx context.Context, msgID, dest, part, channelID s
 	if dest == "" || part == "" {
 		return fault.New(fault.Invalid, "bad_ledger_key", "ledger dest and part are required")
 	}
-	return s.withTx(ctx, func(tx *sql.Tx) error {
+	return s.withTx(ctx, func(tx txn) error {
 		ok, err := sqlMessageExists(ctx, tx, msgID)
 		if err != nil {
 			return err
@@ -355,7 +355,7 @@ func (s *Spool) LedgerDone(ctx context.Context, msgID, dest, part, postID string
 	if dest == "" || part == "" || postID == "" {
 		return fault.New(fault.Invalid, "bad_ledger_key", "ledger dest, part and post id are required")
 	}
-	return s.withTx(ctx, func(tx *sql.Tx) error {
+	return s.withTx(ctx, func(tx txn) error {
 		ok, err := sqlMessageExists(ctx, tx, msgID)
 		if err != nil {
 			return err
@@ -377,7 +377,7 @@ func (s *Spool) LedgerDone(ctx context.Context, msgID, dest, part, postID string
 
 // LedgerList returns a message's ledger entries in the order they were started.
 func (s *Spool) LedgerList(ctx context.Context, msgID string) ([]LedgerEntry, error) {
-	es, err := sqlLedgerList(ctx, s.db, msgID)
+	es, err := sqlLedgerList(ctx, s.q, msgID)
 	if err != nil {
 		return nil, dbErr(err)
 	}
@@ -386,7 +386,7 @@ func (s *Spool) LedgerList(ctx context.Context, msgID string) ([]LedgerEntry, er
 
 // StateGet returns an intake's durable value for key.
 func (s *Spool) StateGet(ctx context.Context, key string) (string, bool, error) {
-	v, ok, err := sqlStateGet(ctx, s.db, key)
+	v, ok, err := sqlStateGet(ctx, s.q, key)
 	if err != nil {
 		return "", false, dbErr(err)
 	}
@@ -395,7 +395,7 @@ func (s *Spool) StateGet(ctx context.Context, key string) (string, bool, error) 
 
 // StateSet durably stores an intake's value for key.
 func (s *Spool) StateSet(ctx context.Context, key, value string) error {
-	return s.withTx(ctx, func(tx *sql.Tx) error { return sqlStateSet(ctx, tx, key, value, s.now()) })
+	return s.withTx(ctx, func(tx txn) error { return sqlStateSet(ctx, tx, key, value, s.now()) })
 }
 
 // ClaimDelivery makes msgID the one message that posts the mail identified
@@ -405,7 +405,7 @@ func (s *Spool) StateSet(ctx context.Context, key, value string) error {
 // as its message, or Retention after it was made.
 func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error) {
 	var owner string
-	err := s.withTx(ctx, func(tx *sql.Tx) error {
+	err := s.withTx(ctx, func(tx txn) error {
 		var err error
 		owner, err = sqlClaimDelivery(ctx, tx, mailKey, dest, msgID, s.now())
 		return err

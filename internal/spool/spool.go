@@ -12,9 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riversqlite"
-	"github.com/riverqueue/river/rivermigrate"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
 	"github.com/mmgate/mmgate/internal/fault"
@@ -35,13 +34,13 @@ const (
 // Spool is a durable message store with delivery scheduling. All methods are
 // safe for concurrent use.
 type Spool struct {
-	opts   Options
-	log    *slog.Logger
-	db     *sql.DB
-	river  *river.Client[*sql.Tx]
-	driver *riversqlite.Driver
-	blobs  blobStore
-	now    func() time.Time
+	opts  Options
+	log   *slog.Logger
+	db    *sql.DB  // the SQLite pool; nil on PostgreSQL
+	q     database // statements, on either database
+	jobs  queue    // River, on the same database
+	blobs blobStore
+	now   func() time.Time
 
 	// Accept → committer.
 	acceptMu   sync.RWMutex
@@ -82,33 +81,93 @@ func dsn(path string) string {
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
 
-// Open opens (creating if needed) the spool at opts.Path and opts.BlobDir,
-// migrates the schema (its own tables and River's) and removes stale temp
-// files. With a Handler, this is the worker process: it takes an exclusive
-// lock on <Path>.lock (a second worker process fails here) and repairs what
-// a crash left behind (jobs left running, messages without a live job).
-// Without a Handler it only stores and administers, and may run beside the
-// worker process (CLI, pipe intake).
+// Open opens (creating if needed) the spool — a SQLite file at opts.Path, or
+// the PostgreSQL database of opts.PostgresDSN; raw messages in opts.BlobDir
+// or the S3 bucket of opts.S3 — migrates the schema (its own tables and
+// River's) and removes stale temp files.
+//
+// With a Handler, this is a worker process. On SQLite there is one: it takes
+// an exclusive lock on <Path>.lock (a second worker process fails here) and
+// repairs what a crash left behind (jobs left running, messages without a
+// live job). On PostgreSQL several replicas work side by side: each
+// registers itself with a heartbeat, and the jobs that a replica which
+// stopped beating was running are made available again to the others.
+// Without a Handler the spool only stores and administers, and may run beside
+// the workers (CLI, pipe intake).
 func Open(ctx context.Context, opts Options) (*Spool, error) {
-	if opts.Path == "" || opts.BlobDir == "" {
-		return nil, fault.New(fault.Invalid, "spool_config", "spool: Path and BlobDir are required")
+	pg := opts.PostgresDSN != ""
+	if (!pg && opts.Path == "") || (opts.S3 == nil && opts.BlobDir == "") {
+		return nil, fault.New(fault.Invalid, "spool_config", "spool: a database (Path or PostgresDSN) and a blob store (BlobDir or S3) are required")
 	}
 	opts = opts.withDefaults()
-	path, err := filepath.Abs(opts.Path)
-	if err != nil {
-		return nil, unavailable("spool: bad database path", err)
+	s := &Spool{
+		opts:       opts,
+		log:        opts.Logger,
+		now:        time.Now,
+		commitCh:   make(chan *acceptReq, 1024),
+		commitDone: make(chan struct{}),
+		inflight:   make(map[string]bool),
 	}
-	opts.Path = path
+	var err error
+	if opts.S3 != nil {
+		s.blobs, err = openS3Store(ctx, *opts.S3)
+	} else {
+		s.blobs, err = openDirStore(opts.BlobDir)
+	}
+	if err != nil {
+		return nil, unavailable("spool: cannot prepare the blob store", err)
+	}
+	if pg {
+		err = s.openPostgres(ctx)
+	} else {
+		err = s.openSQLite()
+	}
+	if err != nil {
+		return nil, err
+	}
+	fail := func(msg string, err error) (*Spool, error) {
+		s.unlock()
+		_ = s.q.close()
+		return nil, unavailable(msg, err)
+	}
+	if err := s.newRiverClient(); err != nil {
+		_ = s.q.close()
+		return nil, fmt.Errorf("spool: river client: %w", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		return fail("spool: cannot migrate database", err)
+	}
+	if opts.Handler != nil {
+		if !pg {
+			// The worker process: exclusive, and it repairs what a crash left.
+			lock, err := lockFile(opts.Path + ".lock")
+			if err != nil {
+				return fail("spool: another process is delivering from this spool", err)
+			}
+			s.workerLock = lock
+		} else if err := s.heartbeat(ctx); err != nil {
+			return fail("spool: cannot register this replica", err)
+		}
+		if err := s.repair(ctx); err != nil {
+			return fail("spool: crash repair failed", err)
+		}
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+func (s *Spool) openSQLite() error {
+	path, err := filepath.Abs(s.opts.Path)
+	if err != nil {
+		return unavailable("spool: bad database path", err)
+	}
+	s.opts.Path = path
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, unavailable("spool: cannot create database directory", err)
-	}
-	blobs, err := openDirStore(opts.BlobDir)
-	if err != nil {
-		return nil, unavailable("spool: cannot prepare blob directory", err)
+		return unavailable("spool: cannot create database directory", err)
 	}
 	db, err := sql.Open("sqlite", dsn(path))
 	if err != nil {
-		return nil, unavailable("spool: cannot open database", err)
+		return unavailable("spool: cannot open database", err)
 	}
 	// SQLite allows one writer; River's SQLite driver wants a single
 	// connection so its concurrent internal operations queue instead of
@@ -116,63 +175,68 @@ func Open(ctx context.Context, opts Options) (*Spool, error) {
 	db.SetMaxOpenConns(1)
 	db.SetMaxIdleConns(1)
 	db.SetConnMaxLifetime(0)
-	s := &Spool{
-		opts:       opts,
-		log:        opts.Logger,
-		db:         db,
-		blobs:      blobs,
-		now:        time.Now,
-		commitCh:   make(chan *acceptReq, 1024),
-		commitDone: make(chan struct{}),
-		inflight:   make(map[string]bool),
+	s.db, s.q = db, newSQLite(db)
+	return nil
+}
+
+func (s *Spool) openPostgres(ctx context.Context) error {
+	cfg, err := pgxpool.ParseConfig(s.opts.PostgresDSN)
+	if err != nil {
+		// The DSN may hold a password: never show it.
+		return fault.New(fault.Invalid, "spool_config", "spool: the PostgreSQL DSN cannot be parsed")
 	}
-	if err := s.migrate(ctx); err != nil {
-		_ = db.Close()
-		return nil, unavailable("spool: cannot migrate database", err)
+	if cfg.MaxConns < int32(s.opts.Workers)+8 {
+		cfg.MaxConns = int32(s.opts.Workers) + 8
 	}
-	if err := s.newRiverClient(); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("spool: river client: %w", err)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return unavailable("spool: cannot connect to PostgreSQL", err)
 	}
-	if opts.Handler != nil {
-		// The worker process: exclusive, and it repairs what a crash left.
-		lock, err := lockFile(path + ".lock")
-		if err != nil {
-			_ = db.Close()
-			return nil, unavailable("spool: another process is delivering from this spool", err)
-		}
-		s.workerLock = lock
-		if err := s.repair(ctx); err != nil {
-			s.unlock()
-			_ = db.Close()
-			return nil, unavailable("spool: crash repair failed", err)
-		}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return unavailable("spool: cannot connect to PostgreSQL", err)
 	}
-	go s.commitLoop()
-	return s, nil
+	s.q = newPostgres(pool)
+	return nil
 }
 
 func (s *Spool) migrate(ctx context.Context) error {
-	migrator, err := rivermigrate.New(riversqlite.New(s.db), &rivermigrate.Config{Logger: s.log})
+	if pg, ok := s.q.(*postgresDB); ok {
+		// Replicas starting together migrate one after the other.
+		conn, err := pg.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(7262864207)`); err != nil {
+			return err
+		}
+		defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(7262864207)`) }()
+		if err := s.jobs.migrateEach(ctx); err != nil {
+			return fmt.Errorf("river migrations: %w", err)
+		}
+	}
+	tx, err := s.q.begin(ctx)
 	if err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	defer s.q.rollback(tx)
+	if !s.q.postgres() {
+		if err := s.jobs.migrate(ctx, tx); err != nil {
+			return fmt.Errorf("river migrations: %w", err)
+		}
+	}
+	if err := sqlMigrate(ctx, tx, s.q.postgres()); err != nil {
 		return err
 	}
-	defer func() { _ = tx.Rollback() }()
-	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
-		return fmt.Errorf("river migrations: %w", err)
-	}
-	if err := sqlMigrate(ctx, tx); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return s.q.commit(ctx, tx)
 }
 
 func (s *Spool) newRiverClient() error {
 	cfg := &river.Config{
+		ID:          s.opts.InstanceID,
 		Logger:      s.log,
 		MaxAttempts: maxAttempts,
 		JobTimeout:  s.opts.JobTimeout,
@@ -193,13 +257,13 @@ func (s *Spool) newRiverClient() error {
 		// the ledger tolerates, while never rescuing would strand the message.
 		cfg.RescueStuckJobsAfter = s.opts.JobTimeout + max(s.opts.JobTimeout, 5*time.Minute)
 	}
-	s.driver = riversqlite.New(s.db)
-	c, err := river.NewClient(s.driver, cfg)
-	if err != nil {
-		return err
+	var err error
+	if pg, ok := s.q.(*postgresDB); ok {
+		s.jobs, err = newPostgresQueue(pg, cfg)
+	} else {
+		s.jobs, err = newSQLiteQueue(s.db, cfg)
 	}
-	s.river = c
-	return nil
+	return err
 }
 
 // Start starts the delivery workers (only when a Handler is configured) and
@@ -218,7 +282,7 @@ func (s *Spool) Start(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if s.opts.Handler != nil {
-		if err := s.river.Start(runCtx); err != nil {
+		if err := s.jobs.start(runCtx); err != nil {
 			cancel()
 			return unavailable("spool: cannot start workers", err)
 		}
@@ -249,10 +313,10 @@ func (s *Spool) Stop(ctx context.Context) error {
 	}
 	var err error
 	if s.riverOn {
-		err = s.river.Stop(ctx)
+		err = s.jobs.stop(ctx)
 		if ctx.Err() != nil {
 			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if cerr := s.river.StopAndCancel(cctx); cerr != nil {
+			if cerr := s.jobs.stopAndCancel(cctx); cerr != nil {
 				s.log.Warn("spool: workers did not stop", "err", cerr)
 			}
 			cancel()
@@ -279,7 +343,7 @@ func (s *Spool) Close() error {
 		close(s.commitCh)
 		s.acceptMu.Unlock()
 		<-s.commitDone
-		s.closeErr = s.db.Close()
+		s.closeErr = s.q.close()
 		s.unlock()
 	})
 	return s.closeErr
@@ -287,12 +351,17 @@ func (s *Spool) Close() error {
 
 // repair runs in the worker process at Open, under the worker lock.
 func (s *Spool) repair(ctx context.Context) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.q.begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = tx.Rollback() }()
-	revived, err := sqlReviveRunningJobs(ctx, tx)
+	defer s.q.rollback(tx)
+	var revived int64
+	if s.q.postgres() {
+		revived, err = sqlReviveOrphanedJobs(ctx, tx, s.now().Add(-replicaDeadAfter))
+	} else {
+		revived, err = sqlReviveRunningJobs(ctx, tx)
+	}
 	if err != nil {
 		return err
 	}
@@ -313,7 +382,7 @@ func (s *Spool) repair(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if err := s.q.commit(ctx, tx); err != nil {
 		return err
 	}
 	if revived > 0 || len(jobless) > 0 {
@@ -323,16 +392,12 @@ func (s *Spool) repair(ctx context.Context) error {
 }
 
 // insertJob inserts a delivery job for id in tx, due at notBefore (or now).
-func (s *Spool) insertJob(ctx context.Context, tx *sql.Tx, id string, notBefore time.Time) (int64, error) {
+func (s *Spool) insertJob(ctx context.Context, tx txn, id string, notBefore time.Time) (int64, error) {
 	opts := &river.InsertOpts{MaxAttempts: maxAttempts}
 	if notBefore.After(s.now()) {
 		opts.ScheduledAt = notBefore
 	}
-	res, err := s.river.InsertTx(ctx, tx, deliverArgs{MessageID: id}, opts)
-	if err != nil {
-		return 0, err
-	}
-	return res.Job.ID, nil
+	return s.jobs.insert(ctx, tx, deliverArgs{MessageID: id}, opts)
 }
 
 // maintain runs the periodic background work until ctx ends.
@@ -345,10 +410,25 @@ func (s *Spool) maintain(ctx context.Context) {
 	defer purge.Stop()
 	gauge := time.NewTicker(30 * time.Second)
 	defer gauge.Stop()
+	// Replicas on PostgreSQL beat and watch each other.
+	var beat <-chan time.Time
+	if s.q.postgres() && s.opts.Handler != nil {
+		t := time.NewTicker(replicaBeat)
+		defer t.Stop()
+		beat = t.C
+	}
+	beats := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-beat:
+			if err := s.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("spool: replica heartbeat failed", "err", err)
+			}
+			if beats++; beats%2 == 0 {
+				s.reviveDead(ctx)
+			}
 		case <-first.C:
 			s.purgeRetention(ctx)
 			s.sweepOrphans(ctx)
@@ -372,7 +452,7 @@ func (s *Spool) purgeRetention(ctx context.Context) {
 	if n > 0 {
 		s.log.Info("spool: purged raw mail of posted messages", "count", n, "older_than", s.opts.Retention)
 	}
-	if _, err := sqlPurgeClaims(ctx, s.db, s.now().Add(-s.opts.Retention)); err != nil {
+	if _, err := sqlPurgeClaims(ctx, s.q, s.now().Add(-s.opts.Retention)); err != nil {
 		s.log.Error("spool: purging old delivery claims failed", "err", err)
 	}
 }
@@ -396,7 +476,7 @@ func (s *Spool) sweepOrphans(ctx context.Context) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		existing, err := sqlExisting(ctx, s.db, ids)
+		existing, err := sqlExisting(ctx, s.q, ids)
 		if err != nil {
 			return err
 		}
@@ -420,15 +500,15 @@ func (s *Spool) sweepOrphans(ctx context.Context) {
 // Writable is a real write+fsync probe of the database and the blob store,
 // for readiness checks.
 func (s *Spool) Writable(ctx context.Context) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.q.begin(ctx)
 	if err != nil {
 		return unavailable("spool database not writable", err)
 	}
 	if err := sqlProbe(ctx, tx, s.now()); err != nil {
-		_ = tx.Rollback()
+		s.q.rollback(tx)
 		return unavailable("spool database not writable", err)
 	}
-	if err := tx.Commit(); err != nil {
+	if err := s.q.commit(ctx, tx); err != nil {
 		return unavailable("spool database not writable", err)
 	}
 	if err := s.blobs.Probe(); err != nil {

@@ -404,14 +404,11 @@ func TestStaleJobSkipsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second job for the same message, as a duplicate insert would make.
-	tx, err := s.db.Begin()
+	err = s.withTx(context.Background(), func(tx txn) error {
+		_, err := s.insertJob(context.Background(), tx, id, time.Time{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.insertJob(context.Background(), tx, id, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Start(context.Background()); err != nil {

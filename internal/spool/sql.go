@@ -14,13 +14,6 @@ import (
 	"time"
 )
 
-// dbtx is satisfied by *sql.DB and *sql.Tx.
-type dbtx interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
 const schemaVersion = 1
 
 var schemaSQL = []string{
@@ -90,15 +83,32 @@ var schemaSQL = []string{
 	)`,
 	`CREATE INDEX IF NOT EXISTS claims_at ON claims (at)`,
 	`CREATE INDEX IF NOT EXISTS claims_message ON claims (message_id)`,
+	// Replicas sharing a PostgreSQL spool, with their heartbeats.
+	`CREATE TABLE IF NOT EXISTS replicas (
+		id           TEXT PRIMARY KEY,
+		heartbeat_at INTEGER NOT NULL
+	)`,
 	`CREATE TABLE IF NOT EXISTS spool_probe (
 		k  INTEGER PRIMARY KEY,
 		at INTEGER NOT NULL
 	)`,
 }
 
-func sqlMigrate(ctx context.Context, tx *sql.Tx) error {
+// ddl adapts a schema statement to the database: SQLite's BLOB and
+// INTEGER PRIMARY KEY (a rowid) are BYTEA and BIGSERIAL on PostgreSQL, and
+// every INTEGER there is a BIGINT (times are microseconds).
+func ddl(q string, postgres bool) string {
+	if !postgres {
+		return q
+	}
+	q = strings.ReplaceAll(q, "seq        INTEGER PRIMARY KEY", "seq        BIGSERIAL PRIMARY KEY")
+	q = strings.ReplaceAll(q, "INTEGER", "BIGINT")
+	return strings.ReplaceAll(q, "BLOB", "BYTEA")
+}
+
+func sqlMigrate(ctx context.Context, tx txn, postgres bool) error {
 	for _, q := range schemaSQL {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
+		if _, err := tx.ExecContext(ctx, ddl(q, postgres)); err != nil {
 			return fmt.Errorf("schema: %w", err)
 		}
 	}
@@ -144,8 +154,6 @@ type msgRow struct {
 const msgCols = `id, envelope, received_at, size, state, app, subject, message_id, attempt,
 	next_try, last_error, reason, updated_at, body_purged, job_id, cycle_start`
 
-type scanner interface{ Scan(dest ...any) error }
-
 func scanMsg(sc scanner) (msgRow, error) {
 	var (
 		r                        msgRow
@@ -184,36 +192,27 @@ const insertMessageSQL = `INSERT INTO messages (id, envelope, received_at, size,
 const insertEventSQL = `INSERT INTO events (message_id, at, kind, detail) VALUES (?, ?, ?, ?)`
 
 // sqlInsertAccepted inserts the rows of one committed batch (jobs already inserted).
-func sqlInsertAccepted(ctx context.Context, tx *sql.Tx, reqs []*acceptReq, jobIDs []int64, now time.Time) error {
-	msgStmt, err := tx.PrepareContext(ctx, insertMessageSQL)
-	if err != nil {
-		return err
-	}
-	defer msgStmt.Close()
-	evStmt, err := tx.PrepareContext(ctx, insertEventSQL)
-	if err != nil {
-		return err
-	}
-	defer evStmt.Close()
-	var bodyStmt *sql.Stmt
+func sqlInsertAccepted(ctx context.Context, tx txn, reqs []*acceptReq, jobIDs []int64, now time.Time) error {
+	msgs := make([][]any, len(reqs))
+	evs := make([][]any, len(reqs))
+	var bodies [][]any
 	for i, r := range reqs {
 		received := toDB(r.receivedAt)
-		if _, err := msgStmt.ExecContext(ctx, r.id, r.envJSON, received, r.size, r.env.App, toDB(now), jobIDs[i], received); err != nil {
-			return fmt.Errorf("insert message: %w", err)
-		}
-		if _, err := evStmt.ExecContext(ctx, r.id, received, "received", r.eventDetail()); err != nil {
-			return fmt.Errorf("insert event: %w", err)
-		}
+		msgs[i] = []any{r.id, r.envJSON, received, r.size, r.env.App, toDB(now), jobIDs[i], received}
+		evs[i] = []any{r.id, received, "received", r.eventDetail()}
 		if r.inline != nil {
-			if bodyStmt == nil {
-				if bodyStmt, err = tx.PrepareContext(ctx, `INSERT INTO bodies (id, data) VALUES (?, ?)`); err != nil {
-					return err
-				}
-				defer bodyStmt.Close()
-			}
-			if _, err := bodyStmt.ExecContext(ctx, r.id, r.inline); err != nil {
-				return fmt.Errorf("insert body: %w", err)
-			}
+			bodies = append(bodies, []any{r.id, r.inline})
+		}
+	}
+	if err := tx.execMany(ctx, insertMessageSQL, msgs); err != nil {
+		return fmt.Errorf("insert messages: %w", err)
+	}
+	if err := tx.execMany(ctx, insertEventSQL, evs); err != nil {
+		return fmt.Errorf("insert events: %w", err)
+	}
+	if len(bodies) > 0 {
+		if err := tx.execMany(ctx, `INSERT INTO bodies (id, data) VALUES (?, ?)`, bodies); err != nil {
+			return fmt.Errorf("insert bodies: %w", err)
 		}
 	}
 	return nil
@@ -222,7 +221,7 @@ func sqlInsertAccepted(ctx context.Context, tx *sql.Tx, reqs []*acceptReq, jobID
 // sqlAddEvent adds an event; it reports false when the message does not exist.
 func sqlAddEvent(ctx context.Context, q dbtx, id string, at time.Time, kind, detail string) (bool, error) {
 	res, err := q.ExecContext(ctx, `INSERT INTO events (message_id, at, kind, detail)
-		SELECT id, ?, ?, ? FROM messages WHERE id = ?`, toDB(at), kind, detail, id)
+		SELECT id, CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT) FROM messages WHERE id = ?`, toDB(at), kind, detail, id)
 	if err != nil {
 		return false, err
 	}
@@ -320,9 +319,9 @@ func sqlCounts(ctx context.Context, q dbtx) (map[State]int, error) {
 // sqlSetInfo updates the non-empty fields; false when the message is unknown.
 func sqlSetInfo(ctx context.Context, q dbtx, id, app, subject, messageID string, now time.Time) (bool, error) {
 	res, err := q.ExecContext(ctx, `UPDATE messages SET
-		app = CASE WHEN ? <> '' THEN ? ELSE app END,
-		subject = CASE WHEN ? <> '' THEN ? ELSE subject END,
-		message_id = CASE WHEN ? <> '' THEN ? ELSE message_id END,
+		app = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE app END,
+		subject = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE subject END,
+		message_id = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE message_id END,
 		updated_at = ?
 		WHERE id = ?`, app, app, subject, subject, messageID, messageID, toDB(now), id)
 	if err != nil {
@@ -448,7 +447,8 @@ func sqlExisting(ctx context.Context, q dbtx, ids []string) (map[string]bool, er
 }
 
 func sqlProbe(ctx context.Context, q dbtx, now time.Time) error {
-	_, err := q.ExecContext(ctx, `INSERT OR REPLACE INTO spool_probe (k, at) VALUES (1, ?)`, toDB(now))
+	_, err := q.ExecContext(ctx, `INSERT INTO spool_probe (k, at) VALUES (1, ?)
+		ON CONFLICT (k) DO UPDATE SET at = excluded.at`, toDB(now))
 	return err
 }
 

@@ -114,6 +114,14 @@ func (f HandlerFunc) Handle(ctx context.Context, msg Message) Outcome { return f
 type Options struct {
 	Path         string // SQLite database file (created with parents if missing)
 	BlobDir      string // directory for raw messages (created if missing)
+	// PostgresDSN selects PostgreSQL instead of SQLite (Path is then unused):
+	// several replicas may share it, each message delivered by one of them.
+	PostgresDSN string
+	// S3 keeps raw messages in an S3-compatible bucket instead of BlobDir.
+	S3 *S3Options
+	// InstanceID names this replica (River's client id, heartbeats); default
+	// host name, process id and a random suffix.
+	InstanceID string
 	Logger       *slog.Logger
 	Handler      Handler       // nil: this process only stores and administers (CLI, intake-only)
 	Workers      int           // concurrent deliveries (default 4)
@@ -164,6 +172,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Retention == 0 {
 		o.Retention = DefaultRetention
+	}
+	if o.InstanceID == "" {
+		o.InstanceID = defaultInstanceID()
 	}
 	return o
 }

@@ -2,14 +2,12 @@ package spool
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riversqlite"
 
 	"github.com/mmgate/mmgate/internal/metrics"
 )
@@ -83,7 +81,7 @@ func (s *Spool) claim(ctx context.Context, id string, jobID int64) (Message, boo
 		msg     Message
 		claimed bool
 	)
-	err := s.withTx(ctx, func(tx *sql.Tx) error {
+	err := s.withTx(ctx, func(tx txn) error {
 		now := s.now()
 		ok, err := sqlClaim(ctx, tx, id, jobID, now)
 		if err != nil || !ok {
@@ -149,7 +147,7 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		reasonTag = out.Code
 	}
 	now := s.now()
-	row, err := sqlGetMessage(ctx, s.db, id)
+	row, err := sqlGetMessage(ctx, s.q, id)
 	if err != nil {
 		return err
 	}
@@ -182,7 +180,7 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 	}
 
 	var applied, snooze bool
-	err = s.withTx(ctx, func(tx *sql.Tx) error {
+	err = s.withTx(ctx, func(tx txn) error {
 		currentJob, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
 		if err != nil || !ok {
 			return err
@@ -200,8 +198,7 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 			return nil
 		}
 		// Otherwise the job ends with the message's state, atomically.
-		_, err = river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job)
-		return err
+		return s.jobs.complete(ctx, tx, job)
 	})
 	if err != nil {
 		s.log.Error("spool: recording delivery outcome failed; will run again", "id", id, "outcome", out.Kind.String(), "err", err)
