@@ -119,6 +119,8 @@ func (q *riverQueue[TTx]) migrateEach(ctx context.Context) error {
 	return err
 }
 
-func (q *riverQueue[TTx]) start(ctx context.Context) error         { return q.client.Start(ctx) }
-func (q *riverQueue[TTx]) stop(ctx context.Context) error          { return q.client.Stop(ctx) }
-func (q *riverQueue[TTx]) stopAndCancel(ctx context.Context) error { return q.client.StopAndCancel(ctx) }
+func (q *riverQueue[TTx]) start(ctx context.Context) error { return q.client.Start(ctx) }
+func (q *riverQueue[TTx]) stop(ctx context.Context) error  { return q.client.Stop(ctx) }
+func (q *riverQueue[TTx]) stopAndCancel(ctx context.Context) error {
+	return q.client.StopAndCancel(ctx)
+}

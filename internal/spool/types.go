@@ -112,8 +112,8 @@ func (f HandlerFunc) Handle(ctx context.Context, msg Message) Outcome { return f
 
 // Options configure a Spool. Zero values mean the documented defaults.
 type Options struct {
-	Path         string // SQLite database file (created with parents if missing)
-	BlobDir      string // directory for raw messages (created if missing)
+	Path    string // SQLite database file (created with parents if missing)
+	BlobDir string // directory for raw messages (created if missing)
 	// PostgresDSN selects PostgreSQL instead of SQLite (Path is then unused):
 	// several replicas may share it, each message delivered by one of them.
 	PostgresDSN string
@@ -121,7 +121,7 @@ type Options struct {
 	S3 *S3Options
 	// InstanceID names this replica (River's client id, heartbeats); default
 	// host name, process id and a random suffix.
-	InstanceID string
+	InstanceID   string
 	Logger       *slog.Logger
 	Handler      Handler       // nil: this process only stores and administers (CLI, intake-only)
 	Workers      int           // concurrent deliveries (default 4)
