@@ -42,7 +42,7 @@ func NewLogger(c config.LogConfig) *slog.Logger {
 
 // OpenSpool opens the configured spool; h may be nil (administration only).
 func OpenSpool(ctx context.Context, cfg config.Config, h spool.Handler, log *slog.Logger) (*spool.Spool, error) {
-	return spool.Open(ctx, spool.Options{
+	o := spool.Options{
 		Path:         cfg.SpoolPath(),
 		BlobDir:      cfg.BlobDir(),
 		Logger:       log,
@@ -55,7 +55,29 @@ func OpenSpool(ctx context.Context, cfg config.Config, h spool.Handler, log *slo
 		MaxRetryAge:  cfg.Spool.MaxRetryAge,
 		Retention:    cfg.Spool.Retention,
 		BodyLimit:    cfg.SMTP.MaxMessageBytes,
-	})
+	}
+	if cfg.Spool.Driver == "postgres" {
+		dsn, err := cfg.Spool.DSN.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("spool.dsn: %w", err)
+		}
+		o.PostgresDSN, o.Path = dsn, ""
+	}
+	if cfg.Spool.Blobs.Driver == "s3" {
+		s3 := cfg.Spool.Blobs.S3
+		ak, err := s3.AccessKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("spool.blobs.s3.access_key: %w", err)
+		}
+		sk, err := s3.SecretKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("spool.blobs.s3.secret_key: %w", err)
+		}
+		o.S3 = &spool.S3Options{Endpoint: s3.Endpoint, Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region,
+			AccessKey: ak, SecretKey: sk, Insecure: s3.Insecure}
+		o.BlobDir = ""
+	}
+	return spool.Open(ctx, o)
 }
 
 // Server is a running mmgate.

@@ -177,11 +177,15 @@ type MattermostConfig struct {
 
 // SpoolConfig configures durable storage.
 type SpoolConfig struct {
-	Driver string `koanf:"driver"` // sqlite
+	Driver string `koanf:"driver"` // sqlite (default) or postgres
 	Path   string `koanf:"path"`   // SQLite file; default DATA_DIR/spool.db
-	Blobs  struct {
-		Driver string `koanf:"driver"` // dir
+	// DSN is the PostgreSQL connection string (a secret: it may hold a
+	// password), e.g. postgres://mmgate@db/mmgate?sslmode=verify-full.
+	DSN   Secret `koanf:"dsn"`
+	Blobs struct {
+		Driver string `koanf:"driver"` // dir (default) or s3
 		Dir    string `koanf:"dir"`    // default DATA_DIR/blobs
+		S3     S3     `koanf:"s3"`
 	} `koanf:"blobs"`
 	// Retention keeps posted raw mail this long before purging it.
 	Retention time.Duration `koanf:"retention"`
@@ -189,6 +193,18 @@ type SpoolConfig struct {
 	MaxRetryAge time.Duration `koanf:"max_retry_age"`
 	RetryMin    time.Duration `koanf:"retry_min"`
 	RetryMax    time.Duration `koanf:"retry_max"`
+}
+
+// S3 names an S3-compatible bucket for raw messages.
+type S3 struct {
+	Endpoint  string `koanf:"endpoint"` // host:port
+	Bucket    string `koanf:"bucket"`
+	Prefix    string `koanf:"prefix"`
+	Region    string `koanf:"region"`
+	AccessKey Secret `koanf:"access_key"`
+	SecretKey Secret `koanf:"secret_key"`
+	// Insecure uses plain HTTP (a server on loopback only).
+	Insecure bool `koanf:"insecure"`
 }
 
 // RelayConfig configures the delivery workers.

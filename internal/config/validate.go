@@ -134,12 +134,7 @@ func (c Config) Validate() error {
 	if c.Mattermost.MaxPostRunes < 0 {
 		add("mattermost.max_post_runes", "must not be negative")
 	}
-	if c.Spool.Driver != "sqlite" {
-		add("spool.driver", "only sqlite is supported in this version, got %q", c.Spool.Driver)
-	}
-	if c.Spool.Blobs.Driver != "dir" {
-		add("spool.blobs.driver", "only dir is supported in this version, got %q", c.Spool.Blobs.Driver)
-	}
+	c.validateSpool(add)
 	if c.Spool.RetryMin <= 0 || c.Spool.RetryMax < c.Spool.RetryMin {
 		add("spool.retry_min", "retry_min must be positive and not above retry_max")
 	}
@@ -244,13 +239,45 @@ func (c Config) ValidateStorage() error {
 	if c.DataDir == "" && (c.Spool.Path == "" || c.Spool.Blobs.Dir == "") {
 		add("data_dir", "is required (or set spool.path and spool.blobs.dir)")
 	}
-	if c.Spool.Driver != "sqlite" {
-		add("spool.driver", "only sqlite is supported in this version, got %q", c.Spool.Driver)
-	}
+	c.validateSpool(add)
 	if len(ps) == 0 {
 		return nil
 	}
 	return ps
+}
+
+// validateSpool checks the spool's database and blob store.
+func (c Config) validateSpool(add func(string, string, ...any)) {
+	switch c.Spool.Driver {
+	case "sqlite":
+		if c.Spool.DSN.IsSet() {
+			add("spool.dsn", "is for spool.driver: postgres")
+		}
+	case "postgres":
+		checkSecret(add, "spool.dsn", c.Spool.DSN, true)
+	default:
+		add("spool.driver", "must be sqlite or postgres, not %q", c.Spool.Driver)
+	}
+	switch c.Spool.Blobs.Driver {
+	case "dir":
+	case "s3":
+		s3, p := c.Spool.Blobs.S3, "spool.blobs.s3"
+		if s3.Endpoint == "" {
+			add(p+".endpoint", "is required (host:port)")
+		}
+		if s3.Bucket == "" {
+			add(p+".bucket", "is required")
+		}
+		checkSecret(add, p+".access_key", s3.AccessKey, true)
+		checkSecret(add, p+".secret_key", s3.SecretKey, true)
+		if s3.Insecure {
+			if host, _, err := net.SplitHostPort(s3.Endpoint); err == nil && !isLoopback(host) {
+				add(p+".insecure", "plain HTTP sends the keys and mail in clear text: allowed only for a loopback endpoint")
+			}
+		}
+	default:
+		add("spool.blobs.driver", "must be dir or s3, not %q", c.Spool.Blobs.Driver)
+	}
 }
 
 // validateIntakes checks the pipe socket, the postback mailboxes and the IMAP
