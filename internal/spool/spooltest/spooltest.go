@@ -54,6 +54,7 @@ func Run(t *testing.T, newStorage NewStorage) {
 		{"RetryQueued", testRetryQueued},
 		{"IntakeState", testIntakeState},
 		{"DeliveryClaims", testClaims},
+		{"LargeBodiesInTheBlobStore", testLargeBodies},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStorage) })
@@ -923,5 +924,60 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	}
 	if got := claim("dm:alice", b); got != b {
 		t.Fatalf("after the holder was deleted: holder %s, want %s", got, b)
+	}
+}
+
+// testLargeBodies sends bodies past the inline size through the blob store:
+// kept whole, refused over the limit with nothing left, removed by Delete
+// and by the retention purge.
+func testLargeBodies(t *testing.T, newStorage NewStorage) {
+	rec := newRecorder(func(msg spool.Message, _ int) spool.Outcome {
+		if msg.Size == 3<<20 {
+			return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: "held"}
+		}
+		return posted()
+	})
+	o := fast(newStorage(t), rec)
+	o.BodyLimit = 8 << 20
+	s := open(t, o)
+	start(t, s)
+	ctx := context.Background()
+	sizes := []int{64<<10 + 1, 1 << 20, 3 << 20}
+	ids := make([]string, len(sizes))
+	for i, n := range sizes {
+		b := body(n)
+		ids[i] = accept(t, s, b)
+		if got := readBody(t, s, ids[i]); !bytes.Equal(got, b) {
+			t.Fatalf("body of %d bytes read back as %d differing bytes", n, len(got))
+		}
+	}
+	// Over the limit: refused, nothing kept (the list still has three).
+	_, err := s.Accept(ctx, testEnv, bytes.NewReader(body(9<<20)))
+	wantKind(t, err, fault.TooLarge)
+	// A body that fails mid-way past the inline size stores nothing.
+	_, err = s.Accept(ctx, testEnv, io.MultiReader(bytes.NewReader(body(200<<10)), errReader{}))
+	if err == nil {
+		t.Fatal("Accept with a failing reader succeeded")
+	}
+	if msgs, _ := s.List(ctx, spool.ListFilter{}); len(msgs) != 3 {
+		t.Fatalf("%d messages after two refused Accepts, want 3", len(msgs))
+	}
+	waitState(t, s, ids[0], spool.StatePosted)
+	waitState(t, s, ids[1], spool.StatePosted)
+	waitState(t, s, ids[2], spool.StateQuarantined)
+	if err := s.Delete(ctx, ids[2]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.OpenBody(ctx, ids[2]); !fault.Is(err, fault.NotFound) {
+		t.Errorf("OpenBody after Delete: %v, want NotFound", err)
+	}
+	n, err := s.PurgePosted(ctx, 0)
+	if err != nil || n != 2 {
+		t.Fatalf("PurgePosted = %d, %v; want 2", n, err)
+	}
+	for _, id := range ids[:2] {
+		if _, err := s.OpenBody(ctx, id); !fault.Is(err, fault.NotFound) {
+			t.Errorf("OpenBody after purge: %v, want NotFound", err)
+		}
 	}
 }
