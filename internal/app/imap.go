@@ -2,10 +2,15 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 
 	"github.com/mmgate/mmgate/internal/config"
+	imapintake "github.com/mmgate/mmgate/internal/intake/imap"
 	"github.com/mmgate/mmgate/internal/spool"
 )
 
@@ -14,8 +19,34 @@ type poller interface {
 	Run(ctx context.Context) error
 }
 
-// newPoller builds the IMAP poller of one mailbox (wired when the IMAP intake lands).
+// newPoller builds the IMAP poller of one configured mailbox.
 func newPoller(name string, m config.IMAPMailbox, sp *spool.Spool, log *slog.Logger) (poller, error) {
-	_, _, _ = m, sp, log
-	return nil, fmt.Errorf("imap.mailboxes.%s: the IMAP intake is not built in yet", name)
+	pw, err := m.Password.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("imap.mailboxes.%s.password: %w", name, err)
+	}
+	var tc *tls.Config
+	if m.TLS != "none" {
+		host, _, err := net.SplitHostPort(m.Address)
+		if err != nil {
+			return nil, fmt.Errorf("imap.mailboxes.%s.address: %w", name, err)
+		}
+		tc = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: m.InsecureSkipVerify} //nolint:gosec // an explicit, documented test setting
+		if m.CAFile != "" {
+			pem, err := os.ReadFile(m.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("imap.mailboxes.%s.ca_file: %w", name, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("imap.mailboxes.%s.ca_file: no PEM certificate in %s", name, m.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+	}
+	return imapintake.New(sp, sp, imapintake.Mailbox{
+		Name: name, Address: m.Address, TLS: m.TLS, TLSConfig: tc, Username: m.Username, Password: pw,
+		Folder: m.Folder, MoveTo: m.MoveTo, Since: m.Since, PollInterval: m.PollInterval,
+		App: m.App, Recipients: m.Recipients,
+	}, log), nil
 }
