@@ -539,6 +539,10 @@ type gateConfig struct {
 	Rules           []string // YAML flow mappings under routing.rules
 	Users           []dirUser
 	MattermostURL   string // default: the suite's
+	// Extra is YAML appended at the top level of mmgate.yaml (e.g. the pipe
+	// and postback sections), with {gate_dir} replaced by the gate's
+	// directory; "" adds nothing.
+	Extra string
 }
 
 type dirUser struct {
@@ -654,6 +658,9 @@ routing:
     smtp: {username: %[13]s, password: %[14]s}
 `, g.dir, g.smtpAddr, smtpHostname, mailDomain, g.s.certFile, g.s.keyFile, cfg.MaxMessageBytes,
 		g.httpAddr, cfg.MattermostURL, g.usersYML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass)
+	if cfg.Extra != "" {
+		c += strings.TrimRight(strings.ReplaceAll(cfg.Extra, "{gate_dir}", g.dir), "\n") + "\n"
+	}
 	if err := os.WriteFile(g.usersYML, []byte(u.String()), 0o644); err != nil {
 		g.t.Fatal(err)
 	}

@@ -8,14 +8,26 @@ command -v smtp-source  >/dev/null || [ -x /usr/sbin/smtp-source ] || need+=(pos
 command -v jq           >/dev/null || need+=(jq)
 command -v curl         >/dev/null || need+=(curl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# the intake tests: dovecot (IMAP, dovecot-lda) and GitLab's mail_room, whose postback needs faraday
+[ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
+command -v mail_room    >/dev/null || need+=(ruby-mail-room)
+ruby -e 'require "faraday"' 2>/dev/null || need+=(ruby-faraday)
 # swaks needs these for STARTTLS
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
-if [ ${#need[@]} -eq 0 ]; then exit 0; fi
-SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-echo "installing: ${need[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-# postfix asks questions on install; answer them up front.
-echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
-$SUDO apt-get update -qq >&2
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+if [ ${#need[@]} -gt 0 ]; then
+	SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+	echo "installing: ${need[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	# postfix asks questions on install; answer them up front.
+	echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
+	$SUDO apt-get update -qq >&2
+	$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+# An S3-compatible server for the spool's S3 tests and the replica bench
+# (versitygw, Apache-2.0), built from the Go module proxy into ~/go/bin.
+export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
+if ! command -v versitygw >/dev/null; then
+	echo "installing versitygw (go install, a few minutes the first time)" >&2
+	GOFLAGS=-mod=mod go install github.com/versity/versitygw/cmd/versitygw@v1.8.0 >&2
+fi
