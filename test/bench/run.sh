@@ -10,6 +10,10 @@
 #   2. Latency: 50 msgs/s for 20 s over SMTP → post visible in the real
 #      Mattermost (needs test/peers/.env: `make peers`).
 #   3. Memory: one message with a 25 MB attachment → peak RSS growth.
+#   4. Postback intake: 8 clients, 10 KB messages → messages/s durably stored.
+#   5. Replicas: delivery rate of two mmgate replicas sharing a PostgreSQL
+#      spool and an S3 bucket (versitygw) against one, with a stand-in
+#      Mattermost that answers every call after 5 ms.
 #
 # Environment: BENCH_N (messages for figure 1, default 20000), BENCH_DIR (where
 # the data directories go, default $TMPDIR or /tmp: a disk, not a tmpfs, or the
@@ -19,7 +23,8 @@
 # BENCH_PROFILE=1 runs figure 1 under test/bench/profserve (mmgate's server
 # with pprof) and prints where CPU time and blocking go,
 # BENCH_INTAKE_MAX (seconds, default 40) bounds each smtp-source run: a slower
-# intake is measured on what it stored in that time.
+# intake is measured on what it stored in that time. BENCH_ONLY="4 5" measures
+# only the figures named; BENCH_REPLICA_N (default 3000) sizes figure 5.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -57,6 +62,8 @@ trap 'exit 130' INT TERM
 summary=()   # "figure|target|measured|verdict"
 add_row() { summary+=("$1|$2|$3|$4"); }
 section() { printf '\n=== %s ===\n' "$*"; }
+# want N: whether figure N is measured (BENCH_ONLY="4 5" measures only those).
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 now_ns() { date +%s%N; }
 # verdict VALUE OP TARGET → PASS/MISS (OP: ge or le); "n/a" value → MISS.
 verdict() {
@@ -140,8 +147,9 @@ http:
 mattermost:
   url: $url
 relay:
-  workers: 8
+  workers: ${WORKERS:-8}
   poll_interval: $poll
+${EXTRA_YAML:-}
 directory:
   file: $work/users.yaml
 pipe:
@@ -266,6 +274,7 @@ intake_run() {
 	return 0
 }
 
+if want 1; then
 section "1. SMTP intake: 10 KB messages, 8 sessions, one message per session (target ≥ 2000 msgs/s)"
 if [ -z "$smtp_source" ] || [ ! -x "$smtp_source" ]; then
 	echo "smtp-source not found (package postfix; test/peers/install.sh installs it)"
@@ -317,7 +326,9 @@ else
 	STANDIN_URL=
 	cat "$work/standin.log" | grep -v '^standin listening' | sed 's/^/  /'
 fi
+fi
 
+if want 4; then
 section "4. postback intake: 10 KB messages, 8 concurrent clients (target ≥ 2000 msgs/s)"
 if [ -z "${STANDIN_URL:-}" ]; then
 	sport=$("$bin/sysbench" freeport 1)
@@ -346,7 +357,9 @@ if start_mmgate postback; then
 else
 	add_row "4. postback intake, delivery idle" ">= 2000 msgs/s" "mmgate did not start" MISS
 fi
+fi
 
+if want 1; then
 section "1c. in-process Go benchmarks (-benchtime 3s)"
 if [ "${BENCH_SKIP_GO:-0}" = 1 ]; then
 	echo "skipped (BENCH_SKIP_GO=1)"
@@ -362,6 +375,7 @@ else
 	if [ ${#gopkgs[@]} -gt 0 ]; then
 		timeout 240 go test -run '^$' -bench . -benchtime 3s -benchmem "${gopkgs[@]}" 2>&1 | sed 's/^/  /'
 	fi
+fi
 fi
 
 # ---------------------------------------------------------------- figures 2, 3
@@ -383,6 +397,7 @@ if [ -f "$peers_env" ]; then
 fi
 export BENCH_MM_BOT_TOKEN=${MM_BOT_TOKEN:-}
 
+if want 2; then
 section "2. latency 250 → post visible in the real Mattermost at 50 msgs/s for 20 s (target median ≤ 150 ms)"
 if [ $have_peers = 0 ]; then
 	echo "no real Mattermost (test/peers/.env missing or MM_URL not answering): run \`make peers\`"
@@ -403,7 +418,9 @@ else
 		add_row "2. latency 250 → post, median" "<= 150 ms" "mmgate did not start" MISS
 	fi
 fi
+fi
 
+if want 3; then
 section "3. one message with a 25 MB attachment: peak RSS growth (target ≤ 64 MiB)"
 if [ $have_peers = 0 ]; then
 	echo "no real Mattermost: run \`make peers\`"
@@ -423,6 +440,84 @@ else
 	else
 		add_row "3. 25 MB attachment, peak RSS growth" "<= 64 MiB" "mmgate did not start" MISS
 	fi
+fi
+fi
+
+# ---------------------------------------------------------------- figure 5
+if want 5; then
+section "5. replicas on PostgreSQL + S3: delivery rate of two vs one, Mattermost stand-in answering in 5 ms (target ≥ 1.6×)"
+# M messages (4 KB of text and a 64 KB attachment: past the inline size, so
+# their raw bytes go to S3; one upload and one post each) are stored with
+# delivery idle; then K replicas (relay.workers 4 each) share the delivery,
+# timed from their start until every message is posted.
+M=${BENCH_REPLICA_N:-3000}
+versitygw=$(command -v versitygw || echo "$HOME/go/bin/versitygw")
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)
+if [ ! -x "$versitygw" ] || [ -z "$pgbin" ] || [ "$(id -u)" != 0 ]; then
+	echo "needs root, PostgreSQL and versitygw (test/peers/install.sh installs them)"
+	add_row "5. two replicas / one, delivery rate" ">= 1.6x" "no PostgreSQL/versitygw" MISS
+else
+	ports=$("$bin/sysbench" freeport 3 | tr '\n' ' ')
+	set -- $ports
+	pg_port=$1 s3_addr=127.0.0.1:$2 d_port=$3
+	# Its own directory: postgres must be able to enter it ($work is 0700).
+	pgdir=$(mktemp -d "$base_dir/mmgate-bench-pg.XXXXXX")
+	pg_stop() { runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$pgdir"; }
+	if ! bash test/peers/postgres.sh "$pgdir" "$pg_port" > "$work/postgres.log" 2>&1; then
+		echo "PostgreSQL did not start:"; tail -n 5 "$work/postgres.log" "$pgdir/log" 2>/dev/null | sed 's/^/  /'
+	fi
+	mkdir -p "$work/s3"
+	"$versitygw" --access benchkey --secret benchsecret --port "$s3_addr" posix "$work/s3" > "$work/versitygw.log" 2>&1 &
+	pids+=("$!")
+	"$bin/sysbench" standin -listen "127.0.0.1:$d_port" -delay 5ms > "$work/standin5.log" 2>&1 &
+	d_pid=$!
+	pids+=("$d_pid")
+	sleep 1
+	rates=()
+	for K in 1 2; do
+		db="bench_k$K"
+		runuser -u postgres -- "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -qc "CREATE DATABASE $db" postgres >/dev/null
+		DSN="postgres://postgres@127.0.0.1:$pg_port/$db?sslmode=disable"
+		EXTRA_YAML="spool:
+  driver: postgres
+  dsn: \"$DSN\"
+  blobs:
+    driver: s3
+    s3: {endpoint: \"$s3_addr\", bucket: bench-k$K, access_key: benchkey, secret_key: benchsecret, insecure: true}"
+		# Preload with delivery idle.
+		write_config "replica-k$K-load" "http://127.0.0.1:$d_port" standin-token 1h 67108864
+		if ! start_mmgate "replica-k$K-load"; then rates+=(n/a); continue; fi
+		"$bin/sysbench" postback -url "http://$HTTP_ADDR/intake/mailroom/bench" -token benchtoken -n "$M" -c 8 -size 4096 -attach 65536 -max 120s | grep -v '^RESULT'
+		stop_pid "$MMGATE_PID"
+		# K replicas deliver.
+		rpids=()
+		t0=$(now_ns)
+		for r in $(seq 1 "$K"); do
+			WORKERS=4 write_config "replica-k$K-r$r" "http://127.0.0.1:$d_port" standin-token 50ms 67108864
+			start_mmgate "replica-k$K-r$r" && rpids+=("$MMGATE_PID")
+		done
+		deadline=$((SECONDS + 180))
+		c_posted=0 c_quarantined=0 c_total=0
+		while [ $SECONDS -lt $deadline ]; do
+			result_vars c $("$bin/sysbench" spoolcount -db "$DSN" 2>/dev/null)
+			[ "$((c_posted + c_quarantined))" -ge "$M" ] && break
+			sleep 0.2
+		done
+		t1=$(now_ns)
+		for p in "${rpids[@]}"; do stop_pid "$p"; done
+		secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b-a)/1e9}')
+		rate=$(awk -v n="$c_posted" -v s="$secs" 'BEGIN {if (s > 0) printf "%.0f", n/s; else print "n/a"}')
+		echo "$K replica(s): $c_posted of $M posted ($c_quarantined quarantined) in $secs s → $rate msgs/s"
+		[ "$c_posted" -ge "$M" ] || echo "NOTE: not all posted within 180 s"
+		for r in $(seq 1 "$K"); do show_log_problems "$work/replica-k$K-r$r/mmgate.log"; done
+		rates+=("$rate")
+	done
+	EXTRA_YAML=
+	stop_pid "$d_pid"
+	pg_stop
+	ratio=$(awk -v a="${rates[0]}" -v b="${rates[1]}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", b/a; else print "n/a"}')
+	add_row "5. two replicas / one, delivery rate" ">= 1.6x" "${ratio}x (${rates[0]} → ${rates[1]} msgs/s)" "$(verdict "$ratio" ge 1.6)"
+fi
 fi
 
 # ---------------------------------------------------------------- summary

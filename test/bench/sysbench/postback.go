@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"context"
 	"errors"
 	"flag"
@@ -27,6 +28,7 @@ func cmdPostback(args []string) error {
 	n := fs.Int("n", 20000, "messages")
 	c := fs.Int("c", 8, "concurrent clients")
 	size := fs.Int("size", 10240, "message size in bytes")
+	attach := fs.Int("attach", 0, "add an attachment of this many bytes (base64-encoded in the message)")
 	max := fs.Duration("max", 40*time.Second, "stop sending after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,6 +54,9 @@ func cmdPostback(args []string) error {
 					return
 				}
 				msg := benchMessage(int(i), *size)
+				if *attach > 0 {
+					msg = withAttachment(msg, *attach)
+				}
 				req, err := http.NewRequestWithContext(ctx, http.MethodPost, *url, bytes.NewReader(msg))
 				if err != nil {
 					return
@@ -101,4 +106,31 @@ func benchMessage(i, size int) []byte {
 		b.WriteString(strings.Repeat("y", r))
 	}
 	return []byte(b.String())
+}
+
+// withAttachment turns a plain message into multipart/mixed with its text
+// and a binary attachment of n bytes.
+func withAttachment(msg []byte, n int) []byte {
+	head, body, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
+	head = bytes.Replace(head, []byte("Content-Type: text/plain; charset=us-ascii"),
+		[]byte("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BENCH\""), 1)
+	var b bytes.Buffer
+	b.Write(head)
+	b.WriteString("\r\n\r\n--BENCH\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
+	b.Write(body)
+	b.WriteString("\r\n--BENCH\r\nContent-Type: application/octet-stream; name=\"report.bin\"\r\n" +
+		"Content-Disposition: attachment; filename=\"report.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	raw := make([]byte, n)
+	for i := range raw {
+		raw[i] = byte(i * 7)
+	}
+	enc := base64.StdEncoding.EncodeToString(raw)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76])
+		b.WriteString("\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc)
+	b.WriteString("\r\n--BENCH--\r\n")
+	return b.Bytes()
 }

@@ -166,13 +166,21 @@ func (s *standin) uploadFiles(w http.ResponseWriter, r *http.Request) {
 func cmdStandin(args []string) error {
 	fs := flag.NewFlagSet("standin", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on (loopback)")
+	delay := fs.Duration("delay", 0, "answer every call after this long (a Mattermost's latency)")
 	_ = fs.Parse(args)
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
 	s := &standin{}
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second,
+	var h http.Handler = s
+	if *delay > 0 {
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(*delay)
+			s.ServeHTTP(w, r)
+		})
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn)}
 	fmt.Printf("standin listening on http://%s\n", l.Addr())
 	sig := make(chan os.Signal, 1)

@@ -17,7 +17,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // database/sql driver "sqlite", to read the spool
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", to read a PostgreSQL spool
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", to read the spool
 )
 
 func cmdFreePort(args []string) error {
@@ -84,10 +85,18 @@ func cmdWaitSMTP(args []string) error {
 // spoolCounts reads the number of messages per state from a spool database,
 // read-only (the spool may be in use).
 func spoolCounts(ctx context.Context, path string) (map[string]int, int, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, 0, err
+	var (
+		db  *sql.DB
+		err error
+	)
+	if strings.HasPrefix(path, "postgres://") {
+		db, err = sql.Open("pgx", path)
+	} else {
+		if _, err := os.Stat(path); err != nil {
+			return nil, 0, err
+		}
+		db, err = sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
 	if err != nil {
 		return nil, 0, err
 	}
@@ -113,7 +122,7 @@ func spoolCounts(ctx context.Context, path string) (map[string]int, int, error) 
 
 func cmdSpoolCount(args []string) error {
 	fs := flag.NewFlagSet("spoolcount", flag.ExitOnError)
-	path := fs.String("db", "", "spool database (spool.db)")
+	path := fs.String("db", "", "spool database (spool.db, or a postgres:// DSN)")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
