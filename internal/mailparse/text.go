@@ -52,7 +52,13 @@ func escapeInline(s string) string {
 	b.Grow(len(s) + 16)
 	rest := s
 	for rest != "" {
-		loc := linkRE.FindStringIndex(rest)
+		// Every link has "@" or ":": text without either (most lines of
+		// tool mail) skips the regular expression, whose cost grows with the
+		// square of a long word's length.
+		var loc []int
+		if strings.ContainsAny(rest, "@:") {
+			loc = linkRE.FindStringIndex(rest)
+		}
 		if loc == nil {
 			escapeChunk(&b, rest)
 			break
@@ -136,11 +142,14 @@ func isPreformatted(lines []string) bool {
 	}
 	aligned, indented := 0, 0
 	for _, l := range lines {
-		if tableRuleRE.MatchString(l) || traceRE.MatchString(l) || hasBoxDrawing(l) {
+		// Cheap tests first: each expression needs characters most prose
+		// lines lack, and running three per line dominated rendering time.
+		if (strings.ContainsAny(l, "+|-=") && tableRuleRE.MatchString(l)) ||
+			(mayBeTrace(l) && traceRE.MatchString(l)) || hasBoxDrawing(l) {
 			return true
 		}
 		t := strings.TrimLeft(l, " \t")
-		if alignedRE.MatchString(t) {
+		if (strings.Contains(t, "   ") || strings.Contains(t, "\t")) && alignedRE.MatchString(t) {
 			aligned++
 		}
 		if strings.HasPrefix(l, "    ") || strings.HasPrefix(l, "\t") {
@@ -148,6 +157,12 @@ func isPreformatted(lines []string) bool {
 		}
 	}
 	return aligned >= 2 && aligned*2 >= len(lines) || indented == len(lines)
+}
+
+// mayBeTrace is true for the lines traceRE could match.
+func mayBeTrace(l string) bool {
+	return strings.Contains(l, "at ") || strings.Contains(l, "File \"") || strings.HasPrefix(l, "Traceback") ||
+		strings.HasPrefix(l, "goroutine ") || strings.Contains(l, ".go:")
 }
 
 func hasBoxDrawing(s string) bool {

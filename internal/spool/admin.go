@@ -404,14 +404,9 @@ func (s *Spool) StateSet(ctx context.Context, key, value string) error {
 // message that posts (or posted) the same mail there. A claim lasts as long
 // as its message, or Retention after it was made.
 func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error) {
-	var owner string
-	err := s.withTx(ctx, func(tx txn) error {
-		var err error
-		owner, err = sqlClaimDelivery(ctx, tx, mailKey, dest, msgID, s.now())
-		return err
-	})
+	owner, err := sqlClaimDelivery(ctx, s.q, mailKey, dest, msgID, s.now())
 	if err != nil {
-		return "", err
+		return "", dbErr(err)
 	}
 	return owner, nil
 }

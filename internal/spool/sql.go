@@ -578,15 +578,14 @@ func sqlStateSet(ctx context.Context, q dbtx, key, value string, now time.Time) 
 	return err
 }
 
-// sqlClaim records msgID as the poster of mailKey to dest unless another
-// message holds that claim, and returns the holder.
+// sqlClaimDelivery records msgID as the poster of mailKey to dest unless
+// another message holds that claim, and returns the holder, in one
+// statement (the no-op update makes RETURNING give the existing row).
 func sqlClaimDelivery(ctx context.Context, q dbtx, mailKey, dest, msgID string, now time.Time) (string, error) {
-	if _, err := q.ExecContext(ctx, `INSERT INTO claims (mail_key, dest, message_id, at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (mail_key, dest) DO NOTHING`, mailKey, dest, msgID, toDB(now)); err != nil {
-		return "", err
-	}
 	var owner string
-	err := q.QueryRowContext(ctx, `SELECT message_id FROM claims WHERE mail_key = ? AND dest = ?`, mailKey, dest).Scan(&owner)
+	err := q.QueryRowContext(ctx, `INSERT INTO claims (mail_key, dest, message_id, at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (mail_key, dest) DO UPDATE SET mail_key = excluded.mail_key
+		RETURNING message_id`, mailKey, dest, msgID, toDB(now)).Scan(&owner)
 	return owner, err
 }
 
