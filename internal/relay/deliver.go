@@ -99,7 +99,7 @@ func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mai
 	}
 	rootID := ""
 	for _, p := range parts {
-		postID, err := r.postPart(ctx, app, msg, m, d, p, rootID, from)
+		postID, err := r.postPart(ctx, app, msg, m, d, p, rootID, from, note)
 		if err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mai
 
 func partKey(msgID, dest, part string) string { return msgID + "/" + dest + "/" + part }
 
-func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string) (string, error) {
+func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string, note func(string, string, ...any)) (string, error) {
 	sp := r.o.Spool
 	e, found, err := sp.LedgerGet(ctx, msg.ID, d.key, p.name)
 	if err != nil {
@@ -134,7 +134,7 @@ func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *ma
 				if err := sp.LedgerDone(ctx, msg.ID, d.key, p.name, q.ID); err != nil {
 					return "", fmt.Errorf("recording post: %w", err)
 				}
-				_ = sp.AddEvent(ctx, msg.ID, "reconciled", fmt.Sprintf("%s %s was already posted as %s", d.label, p.name, q.ID))
+				note("reconciled", "%s %s was already posted as %s", d.label, p.name, q.ID)
 				return q.ID, nil
 			}
 		}

@@ -38,7 +38,6 @@ import (
 // Spool is what the relay needs from the spool.
 type Spool interface {
 	OpenBody(ctx context.Context, id string) (io.ReadCloser, error)
-	AddEvent(ctx context.Context, id, kind, detail string) error
 	SetInfo(ctx context.Context, id, app, subject, messageID string) error
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
@@ -138,15 +137,22 @@ const (
 	PropFrom      = "mmgate_from"
 )
 
-// Handle delivers one message.
+// Handle delivers one message. What it decides along the way (the app and
+// why, each recipient, each post) goes into the message's history with the
+// outcome, in the same transaction: the ledger, not the history, is what
+// makes a retry after a crash safe.
 func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
-	log := r.log.With("id", msg.ID)
+	var events []spool.Event
 	note := func(kind, format string, a ...any) {
-		d := fmt.Sprintf(format, a...)
-		if err := r.o.Spool.AddEvent(ctx, msg.ID, kind, d); err != nil {
-			log.Warn("recording event failed", "kind", kind, "err", err)
-		}
+		events = append(events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
+	out := r.handle(ctx, msg, note)
+	out.Events = append(events, out.Events...)
+	return out
+}
+
+func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, format string, a ...any)) spool.Outcome {
+	log := r.log.With("id", msg.ID)
 
 	body, err := r.o.Spool.OpenBody(ctx, msg.ID)
 	if fault.Is(err, fault.NotFound) {

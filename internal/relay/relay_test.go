@@ -206,8 +206,18 @@ func (h *harness) handle(id, sender string, rcpts []string, raw string) spool.Ou
 	h.sp.mu.Lock()
 	h.sp.raw[id] = []byte(raw)
 	h.sp.mu.Unlock()
-	return h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(),
-		Envelope: spool.Envelope{Intake: "smtp", Sender: sender, Recipients: rcpts}})
+	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(),
+		Envelope: spool.Envelope{Intake: "smtp", Sender: sender, Recipients: rcpts}}))
+}
+
+// record keeps the history lines the outcome carries, as the spool would.
+func (h *harness) record(out spool.Outcome) spool.Outcome {
+	h.sp.mu.Lock()
+	defer h.sp.mu.Unlock()
+	for _, e := range out.Events {
+		h.sp.events = append(h.sp.events, e.Kind+": "+e.Detail)
+	}
+	return out
 }
 
 func mkMail(subject, body string) string {
@@ -373,7 +383,7 @@ func (h *harness) handleEnv(id string, env spool.Envelope, raw string) spool.Out
 	h.sp.mu.Lock()
 	h.sp.raw[id] = []byte(raw)
 	h.sp.mu.Unlock()
-	return h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Envelope: env})
+	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Envelope: env}))
 }
 
 // The same mail stored twice (two intakes, a resend after a lost 250) is

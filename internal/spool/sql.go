@@ -331,33 +331,30 @@ func sqlSetInfo(ctx context.Context, q dbtx, id, app, subject, messageID string,
 	return n > 0, err
 }
 
-// sqlClaim records the start of a delivery attempt for the message's current job.
-func sqlClaim(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) (bool, error) {
-	res, err := q.ExecContext(ctx, `UPDATE messages SET attempt = attempt + 1, updated_at = ?
-		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying')`, toDB(now), id, jobID)
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+// sqlClaim records the start of a delivery attempt for the message's current
+// job and returns the message; sql.ErrNoRows when the job no longer owns a
+// queued/retrying message.
+func sqlClaim(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) (msgRow, error) {
+	return scanMsg(q.QueryRowContext(ctx, `UPDATE messages SET attempt = attempt + 1, updated_at = ?
+		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying') RETURNING `+msgCols, toDB(now), id, jobID))
 }
 
 // sqlFinish records a delivery outcome on a queued/retrying message and
 // returns the message's current job; ok is false if the message is no
 // longer queued/retrying. (During a delivery only an operator's Retry can
 // change the message, and only its job, so the outcome still applies.)
-func sqlFinish(ctx context.Context, q dbtx, id string, state State, lastError, reason string, nextTry, now time.Time) (jobID int64, ok bool, err error) {
+func sqlFinish(ctx context.Context, q dbtx, id string, state State, lastError, reason string, nextTry, now time.Time) (jobID int64, app string, ok bool, err error) {
 	var job sql.NullInt64
 	err = q.QueryRowContext(ctx, `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?
-		WHERE id = ? AND state IN ('queued','retrying') RETURNING job_id`,
-		string(state), lastError, reason, nullTime(nextTry), toDB(now), id).Scan(&job)
+		WHERE id = ? AND state IN ('queued','retrying') RETURNING job_id, app`,
+		string(state), lastError, reason, nullTime(nextTry), toDB(now), id).Scan(&job, &app)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
+		return 0, "", false, nil
 	}
 	if err != nil {
-		return 0, false, err
+		return 0, "", false, err
 	}
-	return job.Int64, true, nil
+	return job.Int64, app, true, nil
 }
 
 // sqlRequeue makes a quarantined (or job-less) message queued with a new job and a new retry cycle.

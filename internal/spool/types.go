@@ -93,6 +93,9 @@ type Outcome struct {
 	// Code is a stable snake_case reason code for metrics ("unknown_source",
 	// "no_recipient", ...); "" counts as "handler".
 	Code string
+	// Events are history lines of the attempt (decisions, recipients,
+	// posts), written with the outcome in one transaction.
+	Events []Event
 }
 
 // CodeDuplicate is the Code of an OutcomePosted that posted nothing: the

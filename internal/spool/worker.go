@@ -2,6 +2,8 @@ package spool
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
@@ -62,7 +64,7 @@ func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error 
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
 
-	msg, ok, err := s.claim(bctx, id, job.ID)
+	row, ok, err := s.claim(bctx, id, job.ID)
 	if err != nil {
 		return err
 	}
@@ -71,33 +73,26 @@ func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error 
 		return nil
 	}
 
-	out := s.callHandler(ctx, msg)
-	return s.applyOutcome(bctx, job, msg, out)
+	out := s.callHandler(ctx, row.Message)
+	return s.applyOutcome(bctx, job, row, out)
 }
 
-// claim counts the attempt if jobID still owns a queued/retrying message.
-func (s *Spool) claim(ctx context.Context, id string, jobID int64) (Message, bool, error) {
-	var (
-		msg     Message
-		claimed bool
-	)
-	err := s.withTx(ctx, func(tx txn) error {
-		now := s.now()
-		ok, err := sqlClaim(ctx, tx, id, jobID, now)
-		if err != nil || !ok {
-			return err
-		}
-		r, err := sqlGetMessage(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		if _, err := sqlAddEvent(ctx, tx, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt)); err != nil {
-			return err
-		}
-		msg, claimed = r.Message, true
-		return nil
-	})
-	return msg, claimed, err
+// claim counts the attempt if jobID still owns a queued/retrying message,
+// and records it: two statements, no transaction (the count and the event
+// need not be atomic; the count is what the retry logic reads).
+func (s *Spool) claim(ctx context.Context, id string, jobID int64) (msgRow, bool, error) {
+	now := s.now()
+	r, err := sqlClaim(ctx, s.q, id, jobID, now)
+	if errors.Is(err, sql.ErrNoRows) {
+		return msgRow{}, false, nil
+	}
+	if err != nil {
+		return msgRow{}, false, err
+	}
+	if _, err := sqlAddEvent(ctx, s.q, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt)); err != nil {
+		return msgRow{}, false, err
+	}
+	return r, true, nil
 }
 
 func (s *Spool) callHandler(ctx context.Context, msg Message) (out Outcome) {
@@ -131,7 +126,8 @@ func (s *Spool) backoff(attempt int) time.Duration {
 	return min(max(d, lo), hi)
 }
 
-func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], msg Message, out Outcome) error {
+func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], row msgRow, out Outcome) error {
+	msg := row.Message
 	id := msg.ID
 	var (
 		state     = StatePosted
@@ -147,10 +143,6 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		reasonTag = out.Code
 	}
 	now := s.now()
-	row, err := sqlGetMessage(ctx, s.q, id)
-	if err != nil {
-		return err
-	}
 	switch out.Kind {
 	case OutcomePosted:
 		if detail == "" {
@@ -179,13 +171,26 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		detail = fmt.Sprintf("attempt %d failed: %s; next try in %s", msg.Attempt, lastError, delay.Round(time.Millisecond))
 	}
 
-	var applied, snooze bool
-	err = s.withTx(ctx, func(tx txn) error {
-		currentJob, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
+	var (
+		applied, snooze bool
+		app             string
+	)
+	err := s.withTx(ctx, func(tx txn) error {
+		currentJob, curApp, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
 		if err != nil || !ok {
 			return err
 		}
-		if _, err := sqlAddEvent(ctx, tx, id, now, eventKind, detail); err != nil {
+		app = curApp
+		evs := make([][]any, 0, len(out.Events)+1)
+		for _, e := range out.Events {
+			at := e.At
+			if at.IsZero() {
+				at = now
+			}
+			evs = append(evs, []any{id, toDB(at), e.Kind, e.Detail})
+		}
+		evs = append(evs, []any{id, toDB(now), eventKind, detail})
+		if err := tx.execMany(ctx, insertEventSQL, evs); err != nil {
 			return err
 		}
 		applied = true
@@ -208,7 +213,6 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], m
 		s.log.Warn("spool: message changed during delivery; outcome dropped", "id", id, "outcome", out.Kind.String())
 		return nil
 	}
-	app := row.App
 	switch state {
 	case StatePosted:
 		if out.Code == CodeDuplicate {

@@ -55,6 +55,7 @@ func Run(t *testing.T, newStorage NewStorage) {
 		{"IntakeState", testIntakeState},
 		{"DeliveryClaims", testClaims},
 		{"LargeBodiesInTheBlobStore", testLargeBodies},
+		{"HandlerEventsInHistory", testHandlerEvents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStorage) })
@@ -979,5 +980,33 @@ func testLargeBodies(t *testing.T, newStorage NewStorage) {
 		if _, err := s.OpenBody(ctx, id); !fault.Is(err, fault.NotFound) {
 			t.Errorf("OpenBody after purge: %v, want NotFound", err)
 		}
+	}
+}
+
+// testHandlerEvents: the history lines a Handler returns are written with its
+// outcome, in order, before the outcome's own line, on every kind of outcome.
+func testHandlerEvents(t *testing.T, newStorage NewStorage) {
+	rec := newRecorder(func(msg spool.Message, call int) spool.Outcome {
+		evs := []spool.Event{{At: time.Now(), Kind: "decision", Detail: fmt.Sprintf("call %d", call)},
+			{Kind: "recipient", Detail: "alice"}}
+		if call == 1 {
+			return spool.Outcome{Kind: spool.OutcomeRetry, Reason: "busy", Events: evs}
+		}
+		return spool.Outcome{Kind: spool.OutcomePosted, Events: evs}
+	})
+	s := open(t, fast(newStorage(t), rec))
+	start(t, s)
+	id := accept(t, s, body(100))
+	waitState(t, s, id, spool.StatePosted)
+	_, evs, err := s.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"received", "attempt", "decision", "recipient", "retry", "attempt", "decision", "recipient", "posted"}
+	if got := eventKinds(evs); !slices.Equal(got, want) {
+		t.Fatalf("history %v, want %v", got, want)
+	}
+	if evs[2].Detail != "call 1" || evs[6].Detail != "call 2" {
+		t.Errorf("handler events out of order: %+v", evs)
 	}
 }
