@@ -242,7 +242,14 @@ func printShow(w io.Writer, m spool.Message, events []spool.Event, ledger []spoo
 	}
 	fmt.Fprintln(w, "\nPosts:")
 	if len(ledger) == 0 {
-		fmt.Fprintln(w, "  none yet")
+		switch m.State {
+		case spool.StatePosted:
+			fmt.Fprintln(w, "  none: every destination already had this mail (see the duplicate lines above)")
+		case spool.StateQuarantined:
+			fmt.Fprintln(w, "  none")
+		default:
+			fmt.Fprintln(w, "  none yet")
+		}
 	}
 	for _, l := range ledger {
 		post := l.PostID

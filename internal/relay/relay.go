@@ -185,6 +185,9 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 	}
 	in := route.Input{App: env.App, AuthUser: env.AuthIdentity, Sender: sender,
 		Recipients: env.Recipients, Subject: m.Subject, Header: m.Header}
+	if env.NoEnvelope {
+		in.SenderFrom = senderHow + " header"
+	}
 	for _, a := range m.From {
 		in.From = append(in.From, a.Email)
 	}
@@ -208,9 +211,6 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 		note("decision", "app %s (%s): %s", dec.App, app.DisplayName, dec.Why)
 	} else {
 		note("decision", "app %s: %s", dec.App, dec.Why)
-	}
-	if env.NoEnvelope && sender != "" {
-		note("decision", "sender %s taken from the %s header (the %s intake has no envelope)", sender, senderHow, env.Intake)
 	}
 	log = log.With("app", app.Name)
 

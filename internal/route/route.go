@@ -23,6 +23,7 @@ type Input struct {
 	App        string              // app fixed by the intake (SMTP login), may be ""
 	AuthUser   string              // SMTP AUTH identity, may be ""
 	Sender     string              // envelope sender
+	SenderFrom string              // where Sender came from when not the envelope ("Return-Path"); "" = the envelope
 	From       []string            // header From addresses
 	Recipients []string            // envelope recipients
 	Subject    string              // decoded subject
@@ -159,7 +160,7 @@ func (r *Router) Identify(in Input) (Decision, bool) {
 				app = strings.ToLower(m[p.re.SubexpIndex("app")])
 			}
 			if r.apps[app] {
-				return Decision{App: app, Why: fmt.Sprintf("envelope sender %s matches %q", sender, p.src)}, true
+				return Decision{App: app, Why: fmt.Sprintf("%s %s matches %q", in.senderSource(), sender, p.src)}, true
 			}
 		}
 	}
@@ -167,7 +168,15 @@ func (r *Router) Identify(in Input) (Decision, bool) {
 	if who == "" {
 		who = "<> (null sender)"
 	}
-	return Decision{Why: fmt.Sprintf("%s: no SMTP login of an app, no routing rule matched, and envelope sender %s matches no sender pattern of a configured app", ErrUnknownSource, who)}, false
+	return Decision{Why: fmt.Sprintf("%s: no SMTP login of an app, no routing rule matched, and %s %s matches no sender pattern of a configured app", ErrUnknownSource, in.senderSource(), who)}, false
+}
+
+// senderSource names where Sender came from, for explanations.
+func (in Input) senderSource() string {
+	if in.SenderFrom != "" {
+		return in.SenderFrom
+	}
+	return "envelope sender"
 }
 
 func (ru rule) match(in Input) (string, bool) {
