@@ -68,15 +68,17 @@ func TestIMAPIntoMattermost(t *testing.T) {
 	dv.deliver(t, old)
 
 	g.stop()
+	// A mailbox name of its own: the gate's directory (and the first-seen
+	// mark kept in its spool) is the same when the test runs again.
 	g.writeConfig(gateConfig{Extra: fmt.Sprintf(`imap:
   mailboxes:
-    ops:
+    ops-%s:
       address: 127.0.0.1:%d
       tls: none
       username: alice
       password: alicepw
       poll_interval: 2s
-`, dv.port)})
+`, nonce(), dv.port)})
 	g.start()
 
 	n := nonce()
