@@ -76,11 +76,16 @@
 // Handler: they store and administer, and the worker process picks up their
 // jobs by polling.
 //
-// # Layout for other backends
+// # Databases and blob stores
 //
-// Raw bytes above 64 KiB live behind the small blobStore interface (dir
-// implementation here; an S3 one can be added). All SQL lives in sql.go; River is used
-// through its database/sql SQLite driver. A PostgreSQL backend would
-// reimplement sql.go's statements and the River client wiring (riverpgxv5);
-// spooltest.Run is the conformance suite every backend must pass.
+// SQLite (one file, one worker process) is the embedded default; PostgreSQL
+// (Options.PostgresDSN) lets several replicas share the work. All SQL lives
+// in sql.go, written once with "?" placeholders against the dbtx interface
+// of db.go (database/sql for SQLite, pgx for PostgreSQL); River runs in the
+// same transactions through queue.go (riversqlite or riverpgxv5). On
+// PostgreSQL there is no worker lock: replicas heartbeat (replica.go) and the
+// running jobs of a silent one are made available to the others. Raw bytes
+// above 64 KiB live behind the small blobStore interface: a directory
+// (blob.go) or an S3-compatible bucket (blob_s3.go). spooltest.Run is the
+// conformance suite every combination passes.
 package spool
