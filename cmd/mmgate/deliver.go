@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mmgate/mmgate/internal/config"
 	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/intake/pipe"
 )
@@ -72,25 +71,4 @@ postfix master.cf:
 	c.Flags().StringVar(&socket, "socket", "", "the instance's socket (default: pipe.socket of the configuration)")
 	c.Flags().BoolP("verbose", "v", false, "print the spool id")
 	return c
-}
-
-// loadLite reads the configuration without validating the parts that need
-// secrets or other files: for commands that only need paths (deliver, the
-// queue and quarantine administration), run by users who cannot read the
-// bot tokens.
-func (g *globals) loadLite() (config.Config, error) {
-	path := g.configPath
-	if path == "" {
-		if _, err := os.Stat("mmgate.yaml"); err == nil {
-			path = "mmgate.yaml"
-		}
-	}
-	cfg, err := config.Load(path, os.Environ())
-	if err != nil {
-		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("%w\n(run `mmgate config check` for every problem)", err)}
-	}
-	if err := cfg.ValidateStorage(); err != nil {
-		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("configuration has problems:\n%w\n(fix them, then run `mmgate config check -c %s`)", err, orDefault(path))}
-	}
-	return cfg, nil
 }

@@ -67,8 +67,21 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-// load reads and validates the configuration.
+// load reads and validates the whole configuration (serve).
 func (g *globals) load() (config.Config, error) {
+	return g.read(config.Config.Validate)
+}
+
+// loadLite reads the configuration and validates only what locating the
+// spool needs: for commands (deliver, queue and quarantine administration)
+// run by users who cannot read the bot tokens.
+func (g *globals) loadLite() (config.Config, error) {
+	return g.read(config.Config.ValidateStorage)
+}
+
+// read loads the configuration file (-c, MMGATE_CONFIG, or ./mmgate.yaml)
+// with the environment, then runs validate.
+func (g *globals) read(validate func(config.Config) error) (config.Config, error) {
 	path := g.configPath
 	if path == "" {
 		if _, err := os.Stat("mmgate.yaml"); err == nil {
@@ -79,7 +92,7 @@ func (g *globals) load() (config.Config, error) {
 	if err != nil {
 		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("%w\n(run `mmgate config check` for every problem, or `mmgate config init` for an example)", err)}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := validate(cfg); err != nil {
 		return cfg, &exitError{fault.ExitConfigErr, fmt.Errorf("configuration has problems:\n%w\n(fix them, then run `mmgate config check -c %s`)", err, orDefault(path))}
 	}
 	return cfg, nil
