@@ -37,6 +37,7 @@ bench: peers
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/mailparse
 	$(GO) test -run '^$$' -fuzz FuzzSession -fuzztime 60s ./internal/intake/smtp
+	$(GO) test -run '^$$' -fuzz FuzzAuthenticate -fuzztime 60s ./internal/intake/postback
 
 vet:
 	$(GO) vet ./...
