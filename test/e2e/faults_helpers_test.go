@@ -467,3 +467,30 @@ func isMountPoint(dir string) bool {
 	_, err := runCmd(10*time.Second, "findmnt", "--mountpoint", filepath.Clean(dir))
 	return err == nil
 }
+
+// The checker of the fault tests finds what it must (it needs no peer).
+func TestCheckDeliveriesFindsLossAndDuplicates(t *testing.T) {
+	mk := func(id string, acked bool, rcpts ...string) *testMail {
+		return &testMail{msgID: id, rcpts: rcpts, intake: "smtp", acked: acked}
+	}
+	mails := []*testMail{
+		mk("ok", true, "alice", "bob"),
+		mk("lost", true, "alice"),
+		mk("half", true, "alice", "bob"), // bob never got it
+		mk("dup", true, "alice"),
+		mk("quarantined", true, "alice"),
+		mk("no-reason", true, "alice"),
+		mk("refused", false, "alice"),
+	}
+	one := []post{{ID: "p1"}}
+	posts := map[string]map[string][]post{
+		"alice": {"ok": one, "half": one, "dup": {{ID: "p2"}, {ID: "p3"}}},
+		"bob":   {"ok": one},
+	}
+	r := checkDeliveries(mails, posts, map[string]string{"quarantined": "auto-reply: …", "no-reason": " "})
+	want := deliveryReport{sent: 7, acked: 6, posted: 1, quarantined: 1, lost: 3, duplicated: 1}
+	r.problems = nil
+	if fmt.Sprint(r) != fmt.Sprint(want) {
+		t.Errorf("report %+v, want %+v", r, want)
+	}
+}
