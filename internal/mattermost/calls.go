@@ -153,9 +153,13 @@ func (l *postList) sorted(keep func(*Post) bool) []Post {
 
 // ChannelPostsSince returns the channel's posts created at or after since, in
 // create order (GET /channels/{id}/posts?since=ms). Deleted posts are included
-// (DeleteAt != 0), replies too, but not the older roots of those replies. The
-// server returns at most 1000 posts changed since that time, so keep the
-// window short.
+// (DeleteAt != 0), replies too, but not the older roots of those replies.
+//
+// The since= answer stops at sinceCap posts changed since that time, and
+// which ones is up to the database (in practice the oldest): in a busy
+// channel the post looked for may be left out. When the answer is that long,
+// the channel is also read page by page from its newest post back to since
+// (GET /channels/{id}/posts?before=…, which leaves out deleted posts).
 func (c *Client) ChannelPostsSince(ctx context.Context, channelID string, since time.Time) ([]Post, error) {
 	if channelID == "" {
 		return nil, fault.New(fault.Invalid, "mattermost_request", "empty channel id")
@@ -167,7 +171,56 @@ func (c *Client) ChannelPostsSince(ctx context.Context, channelID string, since 
 	if err := c.getJSON(ctx, "channel posts since", "/channels/"+seg(channelID)+"/posts", q, maxListBody, &l); err != nil {
 		return nil, err
 	}
+	if len(l.Order) >= sinceCap {
+		if err := c.pagePostsSince(ctx, channelID, ms, &l); err != nil {
+			return nil, err
+		}
+	}
 	return l.sorted(func(p *Post) bool { return p.CreateAt >= ms }), nil
+}
+
+const (
+	// sinceCap is the LIMIT of the server's since= query (GetPostsSince).
+	sinceCap = 1000
+	// pagePosts is the page size when reading a channel back in time, and
+	// maxPostPages bounds that reading (50,000 posts).
+	pagePosts    = 200
+	maxPostPages = 250
+)
+
+// pagePostsSince adds to l the channel's posts from the newest back to the
+// first one created before ms, a page at a time.
+func (c *Client) pagePostsSince(ctx context.Context, channelID string, ms int64, l *postList) error {
+	if l.Posts == nil {
+		l.Posts = map[string]Post{}
+	}
+	before := ""
+	for range maxPostPages {
+		q := url.Values{"per_page": {strconv.Itoa(pagePosts)}, "skipFetchThreads": {"true"}}
+		if before != "" {
+			q.Set("before", before)
+		}
+		var page postList
+		if err := c.getJSON(ctx, "channel posts page", "/channels/"+seg(channelID)+"/posts", q, maxListBody, &page); err != nil {
+			return err
+		}
+		for id, p := range page.Posts {
+			if _, ok := l.Posts[id]; !ok {
+				l.Posts[id] = p
+			}
+		}
+		if len(page.Order) < pagePosts {
+			return nil
+		}
+		// The order is newest first: its last post is the oldest of the page.
+		last := page.Order[len(page.Order)-1]
+		if p, ok := page.Posts[last]; !ok || p.CreateAt < ms || last == before {
+			return nil
+		}
+		before = last
+	}
+	return fmt.Errorf("mattermost: channel %s has more than %d posts since %s: cannot tell which were made then",
+		channelID, pagePosts*maxPostPages, time.UnixMilli(ms).UTC().Format(time.RFC3339))
 }
 
 // PostThread returns the root post and every reply of postID's thread, in

@@ -493,6 +493,66 @@ func TestListsInCreateOrder(t *testing.T) {
 	}
 }
 
+// Past the server's 1,000-post cap on since=, the channel is read page by
+// page back to since: a post the capped answer left out is found.
+func TestChannelPostsSinceBeyondTheCap(t *testing.T) {
+	const n = 1500 // posts p0000 (oldest, create_at 10000) … p1499
+	id := func(i int) string { return fmt.Sprintf("p%04d", i) }
+	post := func(i int) map[string]any { return map[string]any{"id": id(i), "create_at": 10000 + i} }
+	var pages []string
+	c, _ := newTest(t, func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if r.URL.Path != "/api/v4/channels/ch1/posts" {
+			t.Errorf("unexpected %s", r.URL)
+		}
+		order, posts := []string{}, map[string]any{}
+		switch {
+		case q.Get("since") != "":
+			// The capped answer: the oldest 1,000, and a deleted post.
+			for i := 0; i < 1000; i++ {
+				order, posts[id(i)] = append(order, id(i)), post(i)
+			}
+			posts["gone"] = map[string]any{"id": "gone", "create_at": 10001, "delete_at": 5}
+		default:
+			pages = append(pages, q.Get("before"))
+			if q.Get("per_page") != "200" {
+				t.Errorf("per_page %q", q.Get("per_page"))
+			}
+			from := n - 1
+			if b := q.Get("before"); b != "" {
+				fmt.Sscanf(b, "p%04d", &from)
+				from--
+			}
+			for i := from; i >= 0 && len(order) < 200; i-- {
+				order, posts[id(i)] = append(order, id(i)), post(i)
+			}
+		}
+		writeJSON(w, 200, map[string]any{"order": order, "posts": posts})
+	})
+	got, err := c.ChannelPostsSince(context.Background(), "ch1", time.UnixMilli(10000+500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n-500 || got[0].ID != id(500) || got[len(got)-1].ID != id(n-1) {
+		t.Fatalf("got %d posts (%s … %s), want %d (%s … %s)", len(got), got[0].ID, got[len(got)-1].ID, n-500, id(500), id(n-1))
+	}
+	// 1,500 … 500 is six pages of 200, the last one reaching before since.
+	if len(pages) != 6 || pages[0] != "" || pages[1] != id(1300) {
+		t.Errorf("pages read before %q, want 6 from the newest", pages)
+	}
+	got, err = c.ChannelPostsSince(context.Background(), "ch1", time.UnixMilli(10000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range got {
+		found = found || p.ID == "gone"
+	}
+	if len(got) != n+1 || !found {
+		t.Errorf("from the start: %d posts (deleted one found: %v), want %d with the deleted one of the since= answer", len(got), found, n+1)
+	}
+}
+
 func TestMaxPostRunes(t *testing.T) {
 	var calls atomic.Int32
 	value := `{"MaxPostSize":"65535","Version":"11.4.0"}`

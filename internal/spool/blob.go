@@ -126,9 +126,11 @@ func (d *dirStore) Put(ctx context.Context, id string, r io.Reader, limit int64)
 	if limit > 0 {
 		src = io.LimitReader(r, limit+1)
 	}
-	n, err = io.CopyBuffer(onlyWriter{f}, onlyReader{src}, *bp)
+	// Only the body's read errors are bodyErrors; a failed write (ENOSPC,
+	// EIO, EROFS) is a storage failure.
+	n, err = io.CopyBuffer(onlyWriter{f}, bodyReader{src}, *bp)
 	if err != nil {
-		return n, &bodyError{err}
+		return n, err
 	}
 	if limit > 0 && n > limit {
 		return n, errBlobTooLarge
@@ -161,15 +163,22 @@ type bodyError struct{ err error }
 func (e *bodyError) Error() string { return "reading message body: " + e.err.Error() }
 func (e *bodyError) Unwrap() error { return e.err }
 
-// onlyWriter / onlyReader hide ReadFrom/WriteTo so CopyBuffer uses our buffer
+// onlyWriter / bodyReader hide ReadFrom/WriteTo so CopyBuffer uses our buffer
 // (and never reads an unbounded body into memory).
 type onlyWriter struct{ w io.Writer }
 
 func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 
-type onlyReader struct{ r io.Reader }
+// bodyReader also marks the caller's read errors as bodyErrors.
+type bodyReader struct{ r io.Reader }
 
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+func (b bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &bodyError{err}
+	}
+	return n, err
+}
 
 func (d *dirStore) Sync(ids []string) error {
 	paths := make([]string, 0, len(ids)+8)

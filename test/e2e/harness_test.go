@@ -543,6 +543,14 @@ type gateConfig struct {
 	// and postback sections), with {gate_dir} replaced by the gate's
 	// directory; "" adds nothing.
 	Extra string
+	// Name tells apart several gates of one test: their directories are
+	// TESTNAME-Name ("" : TESTNAME).
+	Name string
+	// DataDir is data_dir ("" : GATE_DIR/data), e.g. a mount point.
+	DataDir string
+	// Spool is the value of the spool key, a YAML flow mapping (""
+	// : {retry_min: 1s, retry_max: 3s}); {gate_dir} is replaced.
+	Spool string
 }
 
 type dirUser struct {
@@ -579,6 +587,9 @@ type gate struct {
 func newGate(t *testing.T, s *suite, cfg gateConfig) *gate {
 	t.Helper()
 	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	if cfg.Name != "" {
+		name += "-" + cfg.Name
+	}
 	dir := filepath.Join(s.root, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -620,6 +631,15 @@ func (g *gate) writeConfig(cfg gateConfig) {
 	if cfg.MattermostURL == "" {
 		cfg.MattermostURL = g.s.mmURL
 	}
+	dataDir := cfg.DataDir
+	if dataDir == "" {
+		dataDir = g.dir + "/data"
+	}
+	spoolYAML := cfg.Spool
+	if spoolYAML == "" {
+		spoolYAML = "{retry_min: 1s, retry_max: 3s}"
+	}
+	spoolYAML = strings.ReplaceAll(spoolYAML, "{gate_dir}", g.dir)
 	g.cfg = cfg
 	var u strings.Builder
 	u.WriteString("users:\n")
@@ -637,7 +657,7 @@ func (g *gate) writeConfig(cfg gateConfig) {
 		}
 	}
 	c := fmt.Sprintf(`# written by the mmgate e2e suite
-data_dir: %[1]s/data
+data_dir: %[1]s
 log: {level: debug, format: text}
 smtp:
   listen: %[2]s
@@ -648,7 +668,7 @@ smtp:
   max_message_bytes: %[7]d
 http: {listen: %[8]s}
 mattermost: {url: %[9]s}
-spool: {retry_min: 1s, retry_max: 3s}
+spool: %[15]s
 relay: {workers: 4, poll_interval: 50ms}
 directory: {file: %[10]s, mattermost_lookup: false}
 routing:
@@ -656,8 +676,9 @@ routing:
   jira:
     bot_token: file:%[12]s
     smtp: {username: %[13]s, password: %[14]s}
-`, g.dir, g.smtpAddr, smtpHostname, mailDomain, g.s.certFile, g.s.keyFile, cfg.MaxMessageBytes,
-		g.httpAddr, cfg.MattermostURL, g.usersYML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass)
+`, dataDir, g.smtpAddr, smtpHostname, mailDomain, g.s.certFile, g.s.keyFile, cfg.MaxMessageBytes,
+		g.httpAddr, cfg.MattermostURL, g.usersYML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass,
+		spoolYAML)
 	if cfg.Extra != "" {
 		c += strings.TrimRight(strings.ReplaceAll(cfg.Extra, "{gate_dir}", g.dir), "\n") + "\n"
 	}
@@ -672,9 +693,19 @@ routing:
 // start runs `mmgate serve` and waits for /healthz.
 func (g *gate) start() {
 	g.t.Helper()
+	if err := g.startErr(); err != nil {
+		g.dumpLog()
+		g.t.Fatal(err)
+	}
+}
+
+// startErr is start that returns its failure instead of failing the test,
+// for goroutines other than the test's (a process that does not start is
+// left killed).
+func (g *gate) startErr() error {
 	lf, err := os.OpenFile(g.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		g.t.Fatal(err)
+		return err
 	}
 	fmt.Fprintf(lf, "==== e2e: mmgate serve starting at %s ====\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(g.s.bin, "serve", "-c", g.cfgPath)
@@ -683,32 +714,33 @@ func (g *gate) start() {
 	cmd.Dir = g.dir
 	if err := cmd.Start(); err != nil {
 		_ = lf.Close()
-		g.t.Fatalf("starting mmgate: %v", err)
+		return fmt.Errorf("starting mmgate: %w", err)
 	}
-	g.cmd, g.done = cmd, make(chan struct{})
+	done := make(chan struct{})
+	g.cmd, g.done = cmd, done
 	go func() {
 		g.werr = cmd.Wait()
 		_ = lf.Close()
-		close(g.done)
+		close(done)
 	}()
 	deadline := time.Now().Add(waitFor)
 	for {
 		select {
-		case <-g.done:
-			g.dumpLog()
-			g.t.Fatalf("mmgate serve exited during start-up: %v", g.werr)
+		case <-done:
+			g.cmd = nil
+			return fmt.Errorf("mmgate serve exited during start-up: %v", g.werr)
 		default:
 		}
 		resp, err := httpClient.Get("http://" + g.httpAddr + "/healthz")
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			g.dumpLog()
-			g.t.Fatalf("mmgate /healthz did not answer 200 within %s (last error: %v)", waitFor, err)
+			g.kill()
+			return fmt.Errorf("mmgate /healthz did not answer 200 within %s (last error: %v)", waitFor, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
