@@ -4,6 +4,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 PEERS_ENV := test/peers/.env
+E2E_SUMMARY := $(CURDIR)/e2e-summary.txt
 
 .PHONY: all build test unit e2e peers peers-stop bench fuzz lint vet fmt clean
 
@@ -17,13 +18,15 @@ build:
 # The e2e suite runs after the others: it stops and restarts the shared Mattermost.
 test: lint peers
 	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 $(GO) test -race -count=1 -timeout 20m ./internal/... ./cmd/...
-	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 $(GO) test -race -count=1 -timeout 45m ./test/...
+	@rm -f $(E2E_SUMMARY)
+	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 MMGATE_E2E_SUMMARY=$(E2E_SUMMARY) $(GO) test -race -count=1 -timeout 45m ./test/...
+	@echo "--- fault tests (lost and duplicated must be 0):"; cat $(E2E_SUMMARY) 2>/dev/null || echo "(no summary written)"
 
 unit:
 	$(GO) test -race -count=1 ./internal/... ./cmd/...
 
 e2e: peers
-	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 $(GO) test -count=1 -timeout 45m -v ./test/e2e/...
+	set -a && . $(PEERS_ENV) && set +a && MMGATE_E2E=1 MMGATE_E2E_SUMMARY=$(E2E_SUMMARY) $(GO) test -count=1 -timeout 45m -v ./test/e2e/...
 
 peers:
 	bash test/peers/up.sh

@@ -286,7 +286,7 @@ func TestChaosNothingLostNothingDuplicated(t *testing.T) {
 	summary := fmt.Sprintf("chaos: sent=%d acknowledged=%d posted=%d quarantined=%d lost=%d duplicated=%d kills=%d mattermost_outage=%ds attempts=%d duration=%s",
 		rep.sent, rep.acked, rep.posted, rep.quarantined, rep.lost, rep.duplicated, kills.Load(), int(out.Round(time.Second).Seconds()),
 		attempts.Load(), time.Since(since).Round(time.Second))
-	fmt.Println(summary)
+	reportSummary(summary)
 	t.Log(summary)
 	for i, p := range rep.problems {
 		if i == 30 {

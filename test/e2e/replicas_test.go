@@ -283,7 +283,7 @@ func TestReplicasShareTheWork(t *testing.T) {
 	}
 	summary := fmt.Sprintf("replicas: sent=%d acknowledged=%d posted=%d quarantined=%d lost=%d duplicated=%d posted_by_a=%d posted_by_b=%d(before kill)+%d(after restart) taken_over=%d(posts) takeover_logs=%d",
 		rep.sent, rep.acked, rep.posted, rep.quarantined, rep.lost, rep.duplicated, aPosted, bBefore, bAfter, takenOver, takeovers)
-	fmt.Println(summary)
+	reportSummary(summary)
 	t.Log(summary)
 	for i, p := range rep.problems {
 		if i == 30 {

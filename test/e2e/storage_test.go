@@ -239,7 +239,7 @@ func TestStorageFailureAcknowledgesNothing(t *testing.T) {
 	if t.Failed() {
 		summary = fmt.Sprintf("storage: sent=%d acknowledged=%d refused=%d FAILED (see above)", len(probes), nAcked, nRefused)
 	}
-	fmt.Println(summary)
+	reportSummary(summary)
 	t.Log(summary)
 }
 
