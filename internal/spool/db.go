@@ -85,19 +85,41 @@ func (d sqlDB) QueryRowContext(ctx context.Context, q string, args ...any) scann
 type sqliteDB struct {
 	sqlDB
 	db *sql.DB
+	// stmts caches the statements of execMany, prepared once on the pool:
+	// parsing SQL is a large part of a small commit's cost in SQLite.
+	stmts sync.Map // query → *sql.Stmt
 }
 
 type sqliteTx struct {
 	sqlDB
 	tx *sql.Tx
+	d  *sqliteDB
 }
 
 func (t sqliteTx) raw() any { return t.tx }
 
+// prepare caches statements for execMany. It must run outside any
+// transaction: the pool has one connection, which a transaction holds.
+func (d *sqliteDB) prepare(ctx context.Context, queries ...string) error {
+	for _, q := range queries {
+		st, err := d.db.PrepareContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		d.stmts.Store(q, st)
+	}
+	return nil
+}
+
 func (t sqliteTx) execMany(ctx context.Context, q string, argLists [][]any) error {
-	st, err := t.tx.PrepareContext(ctx, q)
-	if err != nil {
-		return err
+	var st *sql.Stmt
+	if ps, ok := t.d.stmts.Load(q); ok {
+		st = t.tx.StmtContext(ctx, ps.(*sql.Stmt))
+	} else {
+		var err error
+		if st, err = t.tx.PrepareContext(ctx, q); err != nil {
+			return err
+		}
 	}
 	defer func() { _ = st.Close() }()
 	for _, args := range argLists {
@@ -115,13 +137,16 @@ func (d *sqliteDB) begin(ctx context.Context) (txn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sqliteTx{sqlDB: sqlDB{q: tx}, tx: tx}, nil
+	return sqliteTx{sqlDB: sqlDB{q: tx}, tx: tx, d: d}, nil
 }
 
 func (d *sqliteDB) commit(_ context.Context, tx txn) error { return tx.(sqliteTx).tx.Commit() }
 func (d *sqliteDB) rollback(tx txn)                        { _ = tx.(sqliteTx).tx.Rollback() }
-func (d *sqliteDB) close() error                           { return d.db.Close() }
-func (d *sqliteDB) postgres() bool                         { return false }
+func (d *sqliteDB) close() error {
+	d.stmts.Range(func(_, v any) bool { _ = v.(*sql.Stmt).Close(); return true })
+	return d.db.Close()
+}
+func (d *sqliteDB) postgres() bool { return false }
 
 // --- PostgreSQL (pgx) ---
 

@@ -137,6 +137,11 @@ func Open(ctx context.Context, opts Options) (*Spool, error) {
 	if err := s.migrate(ctx); err != nil {
 		return fail("spool: cannot migrate database", err)
 	}
+	if lite, ok := s.q.(*sqliteDB); ok {
+		if err := lite.prepare(ctx, insertMessageSQL, insertEventSQL, insertBodySQL); err != nil {
+			return fail("spool: cannot prepare statements", err)
+		}
+	}
 	if opts.Handler != nil {
 		if !pg {
 			// The worker process: exclusive, and it repairs what a crash left.

@@ -191,6 +191,8 @@ const insertMessageSQL = `INSERT INTO messages (id, envelope, received_at, size,
 
 const insertEventSQL = `INSERT INTO events (message_id, at, kind, detail) VALUES (?, ?, ?, ?)`
 
+const insertBodySQL = `INSERT INTO bodies (id, data) VALUES (?, ?)`
+
 // sqlInsertAccepted inserts the rows of one committed batch (jobs already inserted).
 func sqlInsertAccepted(ctx context.Context, tx txn, reqs []*acceptReq, jobIDs []int64, now time.Time) error {
 	msgs := make([][]any, len(reqs))
@@ -211,7 +213,7 @@ func sqlInsertAccepted(ctx context.Context, tx txn, reqs []*acceptReq, jobIDs []
 		return fmt.Errorf("insert events: %w", err)
 	}
 	if len(bodies) > 0 {
-		if err := tx.execMany(ctx, `INSERT INTO bodies (id, data) VALUES (?, ?)`, bodies); err != nil {
+		if err := tx.execMany(ctx, insertBodySQL, bodies); err != nil {
 			return fmt.Errorf("insert bodies: %w", err)
 		}
 	}
