@@ -417,19 +417,35 @@ func (c *mmClient) dmWith(self, other string) (string, error) {
 
 // postsSince returns the channel's undeleted posts created at or after since,
 // oldest first.
+// postsSince lists the channel's posts created since (less a second), read
+// page by page from the newest back. Mattermost's ?since= answer is capped
+// at 1,000 posts (the oldest changed ones) and served from a per-channel
+// cache that was seen to answer empty right after posts were made, so the
+// suite does not use it.
 func (c *mmClient) postsSince(channelID string, since time.Time) ([]post, error) {
-	var pl struct {
-		Order []string        `json:"order"`
-		Posts map[string]post `json:"posts"`
-	}
 	ms := since.Add(-time.Second).UnixMilli()
-	if _, err := c.do("GET", fmt.Sprintf("/channels/%s/posts?since=%d", channelID, ms), nil, &pl); err != nil {
-		return nil, err
-	}
 	var out []post
-	for _, p := range pl.Posts {
-		if p.DeleteAt == 0 && p.CreateAt >= ms {
-			out = append(out, p)
+	for page := 0; page < 100; page++ {
+		var pl struct {
+			Order []string        `json:"order"`
+			Posts map[string]post `json:"posts"`
+		}
+		if _, err := c.do("GET", fmt.Sprintf("/channels/%s/posts?page=%d&per_page=200&skipFetchThreads=true", channelID, page), nil, &pl); err != nil {
+			return nil, err
+		}
+		older := len(pl.Order) < 200
+		for _, id := range pl.Order {
+			p := pl.Posts[id]
+			if p.CreateAt < ms {
+				older = true
+				continue
+			}
+			if p.DeleteAt == 0 {
+				out = append(out, p)
+			}
+		}
+		if older {
+			break
 		}
 	}
 	sortPosts(out)
