@@ -288,16 +288,7 @@ func TestChaosNothingLostNothingDuplicated(t *testing.T) {
 		attempts.Load(), time.Since(since).Round(time.Second))
 	reportSummary(summary)
 	t.Log(summary)
-	for i, p := range rep.problems {
-		if i == 30 {
-			t.Errorf("… and %d more problems", len(rep.problems)-30)
-			break
-		}
-		t.Error(p)
-	}
-	if rep.lost != 0 || rep.duplicated != 0 {
-		t.Errorf("lost=%d duplicated=%d, want 0 and 0", rep.lost, rep.duplicated)
-	}
+	rep.fail(t)
 	if rep.unackedPosted != 0 {
 		t.Logf("%d posts belong to messages that were never acknowledged", rep.unackedPosted)
 	}

@@ -296,6 +296,21 @@ type deliveryReport struct {
 // their reasons): an acknowledged message must be posted exactly once to
 // each of its recipients, or be quarantined with a reason; no message may
 // be posted twice to anyone.
+// fail reports the first 30 problems and any loss or duplication.
+func (r deliveryReport) fail(t *testing.T) {
+	t.Helper()
+	for i, p := range r.problems {
+		if i == 30 {
+			t.Errorf("… and %d more problems", len(r.problems)-30)
+			break
+		}
+		t.Error(p)
+	}
+	if r.lost != 0 || r.duplicated != 0 {
+		t.Errorf("lost=%d duplicated=%d, want 0 and 0", r.lost, r.duplicated)
+	}
+}
+
 func checkDeliveries(mails []*testMail, posts map[string]map[string][]post, quarantined map[string]string) deliveryReport {
 	var r deliveryReport
 	r.sent = len(mails)

@@ -285,16 +285,7 @@ func TestReplicasShareTheWork(t *testing.T) {
 		rep.sent, rep.acked, rep.posted, rep.quarantined, rep.lost, rep.duplicated, aPosted, bBefore, bAfter, takenOver, takeovers)
 	reportSummary(summary)
 	t.Log(summary)
-	for i, p := range rep.problems {
-		if i == 30 {
-			t.Errorf("… and %d more problems", len(rep.problems)-30)
-			break
-		}
-		t.Error(p)
-	}
-	if rep.lost != 0 || rep.duplicated != 0 {
-		t.Errorf("lost=%d duplicated=%d, want 0 and 0", rep.lost, rep.duplicated)
-	}
+	rep.fail(t)
 	if aPosted == 0 || bBefore == 0 {
 		t.Errorf("both replicas must have posted: a posted %d, b %d before it was killed", aPosted, bBefore)
 	}
