@@ -70,27 +70,16 @@ func Handler(store postback.Store, maxBytes int64, log *slog.Logger) http.Handle
 			} else {
 				log.Warn("pipe: message refused", "code", fault.CodeOf(err), "err", err)
 			}
-			if r.ContentLength != 0 {
-				w.Header().Set("Connection", "close")
-			}
-			status, body := fault.HTTP(err)
-			writeJSON(w, status, body)
+			postback.Refuse(w, r, err)
 			return
 		}
 		log.Info("pipe: stored", "id", id, "app", env.App, "recipients", len(env.Recipients))
-		writeJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
+		postback.WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		status, body := fault.HTTP(fault.New(fault.NotFound, "not_found", "no such endpoint"))
-		writeJSON(w, status, body)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		postback.Refuse(w, r, fault.New(fault.NotFound, "not_found", "no such endpoint"))
 	})
 	return mux
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // Listen creates the Unix socket at path with the given permissions and,

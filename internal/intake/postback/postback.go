@@ -118,13 +118,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("mailbox")
 	mb, ok := h.mailboxes[name]
 	if !ok {
-		refuse(w, r, fault.New(fault.NotFound, "unknown_mailbox", "no postback mailbox of this name is configured"))
+		Refuse(w, r, fault.New(fault.NotFound, "unknown_mailbox", "no postback mailbox of this name is configured"))
 		return
 	}
 	log := h.log.With("mailbox", name, "remote", r.RemoteAddr)
 	if err := h.authenticate(mb, r); err != nil {
 		log.Warn("postback: authentication failed", "code", fault.CodeOf(err), "err", err)
-		refuse(w, r, err)
+		Refuse(w, r, err)
 		return
 	}
 	env := spool.Envelope{Intake: "postback", Mailbox: name, NoEnvelope: true, App: mb.App,
@@ -136,11 +136,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			log.Warn("postback: message refused", "code", fault.CodeOf(err), "err", err)
 		}
-		refuse(w, r, err)
+		Refuse(w, r, err)
 		return
 	}
 	log.Info("postback: stored", "id", id)
-	writeJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
+	WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
 }
 
 // StoreBody streams r's body into store as one message with env, enforcing
@@ -324,10 +324,10 @@ func (c *nonceCache) add(key string, now time.Time) bool {
 	return true
 }
 
-// refuse writes err as the standard JSON error. When the request body was
+// Refuse writes err as the standard JSON error. When the request body was
 // not read (a refusal before storing), the connection is closed rather than
 // drained, so a large body is never read whole.
-func refuse(w http.ResponseWriter, r *http.Request, err error) {
+func Refuse(w http.ResponseWriter, r *http.Request, err error) {
 	if r.ContentLength != 0 {
 		w.Header().Set("Connection", "close")
 	}
@@ -335,10 +335,11 @@ func refuse(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Token realm="mmgate"`)
 	}
-	writeJSON(w, status, body)
+	WriteJSON(w, status, body)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// WriteJSON writes v as a JSON answer with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
