@@ -158,7 +158,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 	if fault.Is(err, fault.NotFound) {
 		// Retrying cannot bring back raw mail that is gone: an operator must look.
 		note("decision", "raw message unavailable: %v", err)
-		return quarantine("body_missing", fmt.Sprintf("the raw message cannot be read: %v", err), "")
+		return quarantine("body_missing", fmt.Sprintf("the raw message cannot be read: %v", err))
 	}
 	if err != nil {
 		return retry(fmt.Errorf("opening raw message: %w", err))
@@ -171,7 +171,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 	}
 	if err != nil {
 		note("decision", "message cannot be parsed: %v", err)
-		return quarantine("unparseable", fmt.Sprintf("message cannot be parsed: %v", err), "")
+		return quarantine("unparseable", fmt.Sprintf("message cannot be parsed: %v", err))
 	}
 	defer func() { _ = m.Close() }()
 	for _, w := range m.Warnings {
@@ -201,11 +201,11 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 	}
 	if !ok {
 		note("decision", "%s", dec.Why)
-		return quarantine("unknown_source", dec.Why, "")
+		return quarantine("unknown_source", dec.Why)
 	}
 	if app == nil {
 		note("decision", "app %s: %s", dec.App, dec.Why)
-		return quarantine("unknown_source", fmt.Sprintf("app %s has no bot configured", dec.App), dec.App)
+		return quarantine("unknown_source", fmt.Sprintf("app %s has no bot configured", dec.App))
 	}
 	if app.DisplayName != "" {
 		note("decision", "app %s (%s): %s", dec.App, app.DisplayName, dec.Why)
@@ -221,7 +221,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 	}
 	dests, unresolved, err := r.destinations(ctx, app, rcpts, note)
 	if err != nil {
-		return failure(err, app.Name)
+		return failure(err)
 	}
 	if len(dests) == 0 {
 		reason := "no destination: " + strings.Join(unresolved, "; ")
@@ -229,7 +229,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 			reason = "no destination: no recipient in " + strings.Join(r.o.Domains, ", ") + " and no channel"
 		}
 		note("decision", "%s", reason)
-		return quarantine("no_recipient", reason, app.Name)
+		return quarantine("no_recipient", reason)
 	}
 	if fromHeader && len(unresolved) > 0 {
 		// Header addresses include lists, the gateway's own mailbox and
@@ -254,14 +254,14 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 		}
 		if err := r.deliver(ctx, app, msg, m, d, note); err != nil {
 			log.Warn("delivery failed", "dest", d.key, "err", err)
-			return failure(err, app.Name)
+			return failure(err)
 		}
 		posted++
 	}
 	if len(unresolved) > 0 {
 		reason := fmt.Sprintf("posted to %d destination(s), but not to: %s", len(dests), strings.Join(unresolved, "; "))
 		note("decision", "%s", reason)
-		return quarantine("no_recipient", reason+" (release after fixing the directory: delivered parts are not posted again)", app.Name)
+		return quarantine("no_recipient", reason+" (release after fixing the directory: delivered parts are not posted again)")
 	}
 	if posted == 0 && len(dups) > 0 {
 		reason := fmt.Sprintf("duplicate of %s: every destination already has this mail (Message-ID <%s>)", dups[0], m.MessageID)
@@ -279,9 +279,7 @@ func (r *Relay) screen(m *mailparse.Message, env spool.Envelope, sender string, 
 	if kind == route.KindNormal {
 		return spool.Outcome{}, false
 	}
-	name := ""
 	if app != nil {
-		name = app.Name
 		if (kind == route.KindAutoReply && app.PostAutoReplies) || (kind == route.KindBounce && app.PostBounces) {
 			note("decision", "%s (%s), posted as app %s is configured to", kind, why, app.Name)
 			return spool.Outcome{}, false
@@ -289,7 +287,7 @@ func (r *Relay) screen(m *mailparse.Message, env spool.Envelope, sender string, 
 	}
 	reason := fmt.Sprintf("%s: %s", kind, why)
 	note("decision", "%s", reason)
-	return quarantine(strings.ReplaceAll(string(kind), "-", "_"), reason, name), true
+	return quarantine(strings.ReplaceAll(string(kind), "-", "_"), reason), true
 }
 
 // returnPath is the address of the Return-Path header ("" when missing or <>).
@@ -582,19 +580,19 @@ func retry(err error) spool.Outcome {
 }
 
 // quarantine sets a message aside; code labels the metric, reason is for people.
-func quarantine(code, reason, _ string) spool.Outcome {
+func quarantine(code, reason string) spool.Outcome {
 	return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: reason, Code: code}
 }
 
 // failure turns a delivery error into a retry (temporary) or a quarantine
 // (Mattermost refused the request for good).
-func failure(err error, app string) spool.Outcome {
+func failure(err error) spool.Outcome {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || mattermost.Retryable(err) {
 		return retry(err)
 	}
 	var ae *mattermost.APIError
 	if errors.As(err, &ae) {
-		return quarantine("mattermost_refused", fmt.Sprintf("Mattermost refused %s: %d %s: %s", ae.Op, ae.Status, ae.ID, ae.Message), app)
+		return quarantine("mattermost_refused", fmt.Sprintf("Mattermost refused %s: %d %s: %s", ae.Op, ae.Status, ae.ID, ae.Message))
 	}
 	return retry(err)
 }
