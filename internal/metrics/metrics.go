@@ -68,12 +68,29 @@ var (
 		Name: "mmgate_mattermost_requests_total",
 		Help: "Mattermost REST calls by operation and HTTP status.",
 	}, []string{"op", "status"})
+	// LDAPRequests counts round trips to the LDAP directory by operation
+	// (connect, bind, starttls, search) and result ("ok" or "error").
+	LDAPRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mmgate_ldap_requests_total",
+		Help: "Round trips to the LDAP directory by operation and result.",
+	}, []string{"op", "result"})
+	// DirectoryCache counts directory cache lookups by kind (person, groups)
+	// and result (hit, negative_hit, miss).
+	DirectoryCache = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mmgate_directory_cache_total",
+		Help: "Directory cache lookups by kind and result.",
+	}, []string{"kind", "result"})
+	// RecipientsSkipped counts recipients a message was not posted to, by reason.
+	RecipientsSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mmgate_recipients_skipped_total",
+		Help: "Recipients skipped by policy or because they have no Mattermost user, by app and reason.",
+	}, []string{"app", "reason"})
 )
 
 // register fills Registry once, at package initialisation.
 func register() bool {
 	Registry.MustRegister(Received, Posted, Duplicates, Quarantined, Retries, SpoolMessages,
-		SMTPSessions, SMTPReplies, DeliveryLatency, MattermostRequests,
+		SMTPSessions, SMTPReplies, DeliveryLatency, MattermostRequests, LDAPRequests, DirectoryCache, RecipientsSkipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return true
 }

@@ -38,7 +38,6 @@ import (
 // Spool is what the relay needs from the spool.
 type Spool interface {
 	OpenBody(ctx context.Context, id string) (io.ReadCloser, error)
-	SetInfo(ctx context.Context, id, app, subject, messageID string) error
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
 	LedgerDone(ctx context.Context, msgID, dest, part, postID string) error
@@ -146,12 +145,14 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 	note := func(kind, format string, a ...any) {
 		events = append(events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
-	out := r.handle(ctx, msg, note)
+	var info spool.Info
+	out := r.handle(ctx, msg, &info, note)
 	out.Events = append(events, out.Events...)
+	out.Info = &info
 	return out
 }
 
-func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, format string, a ...any)) spool.Outcome {
+func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info, note func(kind, format string, a ...any)) spool.Outcome {
 	log := r.log.With("id", msg.ID)
 
 	body, err := r.o.Spool.OpenBody(ctx, msg.ID)
@@ -192,9 +193,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, note func(kind, f
 		in.From = append(in.From, a.Email)
 	}
 	dec, ok := r.o.Router.Identify(in)
-	if err := r.o.Spool.SetInfo(ctx, msg.ID, dec.App, m.Subject, m.MessageID); err != nil {
-		return retry(fmt.Errorf("recording message info: %w", err))
-	}
+	*info = spool.Info{App: dec.App, Subject: m.Subject, MessageID: m.MessageID}
 	app := r.o.Apps[dec.App]
 	if out, stop := r.screen(m, env, sender, app, note); stop {
 		return out

@@ -41,7 +41,7 @@ func s3Server(t *testing.T) (endpoint, access, secret string) {
 	_ = l.Close()
 	dir := t.TempDir()
 	access, secret = "mmgatetest", "mmgatetestsecret"
-	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", endpoint, "posix", dir)
+	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", endpoint, "--keep-alive", "--quiet", "posix", dir)
 	logf, err := os.Create(filepath.Join(dir, "..", "versitygw.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -96,6 +96,14 @@ type Outcome struct {
 	// Events are history lines of the attempt (decisions, recipients,
 	// posts), written with the outcome in one transaction.
 	Events []Event
+	// Info is what the handler learned of the message (app, subject,
+	// Message-ID), recorded with the outcome; nil leaves them as they are.
+	Info *Info
+}
+
+// Info describes a message once it is parsed; empty fields are left unchanged.
+type Info struct {
+	App, Subject, MessageID string
 }
 
 // CodeDuplicate is the Code of an OutcomePosted that posted nothing: the

@@ -176,6 +176,11 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], r
 		app             string
 	)
 	err := s.withTx(ctx, func(tx txn) error {
+		if in := out.Info; in != nil && (in.App != "" || in.Subject != "" || in.MessageID != "") {
+			if _, err := sqlSetInfo(ctx, tx, id, in.App, in.Subject, in.MessageID, now); err != nil {
+				return err
+			}
+		}
 		currentJob, curApp, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
 		if err != nil || !ok {
 			return err

@@ -467,7 +467,7 @@ else
 		echo "PostgreSQL did not start:"; tail -n 5 "$work/postgres.log" "$pgdir/log" 2>/dev/null | sed 's/^/  /'
 	fi
 	mkdir -p "$work/s3"
-	"$versitygw" --access benchkey --secret benchsecret --port "$s3_addr" posix "$work/s3" > "$work/versitygw.log" 2>&1 &
+	"$versitygw" --access benchkey --secret benchsecret --port "$s3_addr" --keep-alive --quiet posix "$work/s3" > "$work/versitygw.log" 2>&1 &
 	pids+=("$!")
 	"$bin/sysbench" standin -listen "127.0.0.1:$d_port" -delay 5ms > "$work/standin5.log" 2>&1 &
 	d_pid=$!

@@ -69,7 +69,7 @@ func startVersitygw(t *testing.T, s *suite) (endpoint, access, secret string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", endpoint, "posix", filepath.Join(dir, "data"))
+	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", endpoint, "--keep-alive", "--quiet", "posix", filepath.Join(dir, "data"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()

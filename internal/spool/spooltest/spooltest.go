@@ -990,9 +990,10 @@ func testHandlerEvents(t *testing.T, newStorage NewStorage) {
 		evs := []spool.Event{{At: time.Now(), Kind: "decision", Detail: fmt.Sprintf("call %d", call)},
 			{Kind: "recipient", Detail: "alice"}}
 		if call == 1 {
-			return spool.Outcome{Kind: spool.OutcomeRetry, Reason: "busy", Events: evs}
+			return spool.Outcome{Kind: spool.OutcomeRetry, Reason: "busy", Events: evs,
+				Info: &spool.Info{App: "jira", Subject: "first subject"}}
 		}
-		return spool.Outcome{Kind: spool.OutcomePosted, Events: evs}
+		return spool.Outcome{Kind: spool.OutcomePosted, Events: evs, Info: &spool.Info{Subject: "second subject", MessageID: "<x@y>"}}
 	})
 	s := open(t, fast(newStorage(t), rec))
 	start(t, s)
@@ -1008,5 +1009,13 @@ func testHandlerEvents(t *testing.T, newStorage NewStorage) {
 	}
 	if evs[2].Detail != "call 1" || evs[6].Detail != "call 2" {
 		t.Errorf("handler events out of order: %+v", evs)
+	}
+	// The outcome's Info is recorded with it; empty fields keep what was there.
+	m, _, err := s.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.App != "jira" || m.Subject != "second subject" || m.MessageID != "<x@y>" {
+		t.Errorf("info after two outcomes: app %q subject %q message-id %q", m.App, m.Subject, m.MessageID)
 	}
 }
