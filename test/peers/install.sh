@@ -12,6 +12,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
 command -v mail_room    >/dev/null || need+=(ruby-mail-room)
 ruby -e 'require "faraday"' 2>/dev/null || need+=(ruby-faraday)
+# the directory tests: OpenLDAP's server and its command-line tools
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapsearch   >/dev/null || need+=(ldap-utils)
 # swaks needs these for STARTTLS
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
@@ -21,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	# postfix asks questions on install; answer them up front.
 	echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections 2>/dev/null || true
+	# slapd's own instance is not used (the tests start theirs): leave it unconfigured.
+	echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections 2>/dev/null || true
 	$SUDO apt-get update -qq >&2
 	$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
