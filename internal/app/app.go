@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/config"
+	ldapdir "github.com/mmgate/mmgate/internal/directory/ldap"
 	"github.com/mmgate/mmgate/internal/directory/static"
 	"github.com/mmgate/mmgate/internal/httpapi"
 	"github.com/mmgate/mmgate/internal/intake/pipe"
@@ -122,8 +123,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
 		}
 		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
-		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
-			MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces()}
+		apps[name] = relayApp(name, a, cl)
 		checks["mattermost:"+name] = func(ctx context.Context) error {
 			if _, err := cl.Me(ctx); err != nil {
 				return fmt.Errorf("bot token of app %s: %w", name, err)
@@ -145,22 +145,16 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		}
 		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
 	}
-	var dir relay.Directory
-	if cfg.Directory.File != "" {
-		d, err := static.Load(cfg.Directory.File)
-		if err != nil {
-			return nil, err
-		}
-		dir = d
+	dir, err := OpenDirectory(cfg)
+	if err != nil {
+		return nil, err
 	}
 	spill := filepath.Join(cfg.DataDir, "tmp")
 	if err := os.MkdirAll(spill, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log}
-	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
-		Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes, SpillDir: spill, Domains: cfg.SMTP.Domains,
-		Logger: log.With("component", "relay")})
+	rel := newRelay(cfg, router, dir, apps, spill, log.With("component", "relay"))
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {
 		return nil, err
@@ -330,4 +324,64 @@ func (s *Server) startPollers(cfg config.Config, sp *spool.Spool, log *slog.Logg
 		}()
 	}
 	return nil
+}
+
+// OpenDirectory builds the configured directory: the static file, LDAP, or
+// none (nil: Mattermost lookups only). It does not connect.
+func OpenDirectory(cfg config.Config) (relay.Directory, error) {
+	switch {
+	case cfg.Directory.File != "":
+		return static.Load(cfg.Directory.File)
+	case cfg.Directory.LDAP != nil:
+		l := cfg.Directory.LDAP
+		pw := ""
+		if l.BindPassword.IsSet() {
+			var err error
+			if pw, err = l.BindPassword.Resolve(); err != nil {
+				return nil, fmt.Errorf("directory.ldap.bind_password: %w", err)
+			}
+		}
+		return ldapdir.New(ldapdir.Config{URLs: l.URLs, StartTLS: l.StartTLS, CAFile: l.CAFile, BindDN: l.BindDN, BindPassword: pw,
+			BaseDN: l.BaseDN, GroupBaseDN: l.GroupBaseDN, UserFilter: l.UserFilter, GroupFilter: l.GroupFilter,
+			MailAttributes: l.MailAttributes, UsernameAttribute: l.UsernameAttribute, DisplayNameAttribute: l.DisplayNameAttribute,
+			MemberAttributes: l.MemberAttributes, Nested: l.Nested, MaxDepth: l.MaxDepth, PageSize: l.PageSize, PoolSize: l.PoolSize,
+			Timeout: l.Timeout, CacheTTL: l.CacheTTL, NegativeTTL: l.NegativeCacheTTL})
+	}
+	return nil, nil
+}
+
+func relayApp(name string, a config.App, cl *mattermost.Client) *relay.App {
+	return &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
+		MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces(),
+		AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup}
+}
+
+// NewExplainer builds the relay as serve would, without a spool, to explain
+// messages: it reads the directory and looks users up in Mattermost, and
+// posts nothing.
+func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
+	router, err := route.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	apps := map[string]*relay.App{}
+	for name, a := range cfg.Apps {
+		tok, err := a.BotToken.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
+		}
+		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
+		apps[name] = relayApp(name, a, cl)
+	}
+	dir, err := OpenDirectory(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newRelay(cfg, router, dir, apps, os.TempDir(), log), nil
+}
+
+func newRelay(cfg config.Config, router *route.Router, dir relay.Directory, apps map[string]*relay.App, spill string, log *slog.Logger) *relay.Relay {
+	return relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
+		DenyGroup: cfg.Directory.DenyGroup, Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes,
+		SpillDir: spill, Domains: cfg.SMTP.Domains, Logger: log})
 }

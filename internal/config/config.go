@@ -222,6 +222,39 @@ type DirectoryConfig struct {
 	// MattermostLookup falls back to looking the address up in Mattermost by
 	// email (needs PrivacySettings.ShowEmailAddress or a bot with the right).
 	MattermostLookup bool `koanf:"mattermost_lookup"`
+	// LDAP is an LDAP or Active Directory directory (instead of File).
+	LDAP *LDAPConfig `koanf:"ldap"`
+	// DenyGroup is a group DN whose members receive no app's messages.
+	DenyGroup string `koanf:"deny_group"`
+}
+
+// LDAPConfig is an LDAP / Active Directory directory.
+type LDAPConfig struct {
+	// URLs are tried in order: ldap://host:389 or ldaps://host:636.
+	URLs         []string `koanf:"urls"`
+	StartTLS     bool     `koanf:"start_tls"`
+	CAFile       string   `koanf:"ca_file"`
+	BindDN       string   `koanf:"bind_dn"`
+	BindPassword Secret   `koanf:"bind_password"`
+	BaseDN       string   `koanf:"base_dn"`
+	GroupBaseDN  string   `koanf:"group_base_dn"`
+	UserFilter   string   `koanf:"user_filter"`
+	GroupFilter  string   `koanf:"group_filter"`
+	// MailAttributes hold addresses (default mail, proxyAddresses).
+	MailAttributes []string `koanf:"mail_attributes"`
+	// UsernameAttribute holds the Mattermost username (uid,
+	// sAMAccountName); empty finds the Mattermost user by email.
+	UsernameAttribute    string   `koanf:"username_attribute"`
+	DisplayNameAttribute string   `koanf:"display_name_attribute"`
+	MemberAttributes     []string `koanf:"member_attributes"`
+	// Nested is auto (in_chain on Active Directory, else walk), in_chain or walk.
+	Nested           string        `koanf:"nested"`
+	MaxDepth         int           `koanf:"max_depth"`
+	PageSize         int           `koanf:"page_size"`
+	PoolSize         int           `koanf:"pool_size"`
+	Timeout          time.Duration `koanf:"timeout"`
+	CacheTTL         time.Duration `koanf:"cache_ttl"`
+	NegativeCacheTTL time.Duration `koanf:"negative_cache_ttl"`
 }
 
 // RoutingConfig decides which app a message comes from.
@@ -267,6 +300,11 @@ type App struct {
 	// the reason auto-reply or bounce) or "post".
 	AutoReplies string `koanf:"auto_replies"`
 	Bounces     string `koanf:"bounces"`
+	// AllowGroup (an LDAP group DN), when set, is the only people who receive
+	// this app's messages; DenyGroup's members never do (deny wins).
+	// Nested groups count.
+	AllowGroup string `koanf:"allow_group"`
+	DenyGroup  string `koanf:"deny_group"`
 }
 
 // PostsAutoReplies reports whether the app posts automatic replies.

@@ -154,3 +154,55 @@ func TestDecodeProblemsAreSplitAndMergedWithValidate(t *testing.T) {
 		t.Errorf("smtp.max_recipients reported %d times, want once:\n%v", n, ps)
 	}
 }
+
+func TestDirectoryLDAPAndGroupsAreChecked(t *testing.T) {
+	p := write(t, "c.yaml", `
+mattermost: {url: "http://127.0.0.1:8065"}
+directory:
+  deny_group: "disabled"
+  ldap:
+    urls: ["ldap://127.0.0.1:389", "http://wrong"]
+    bind_dn: "cn=svc,dc=x"
+    nested: deep
+    timeout: -1s
+apps:
+  jira:
+    bot_token: inline-token
+    allow_group: "cn=jira-users,dc=x"
+`)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps Problems
+	if !errors.As(c.Validate(), &ps) {
+		t.Fatal("want Problems")
+	}
+	got := map[string]bool{}
+	for _, p := range ps {
+		got[p.Path] = true
+	}
+	for _, want := range []string{"directory.ldap.urls[1]", "directory.ldap.base_dn", "directory.ldap.bind_password",
+		"directory.ldap.nested", "directory.ldap.timeout", "directory.deny_group"} {
+		if !got[want] {
+			t.Errorf("no problem at %s; got %v", want, ps)
+		}
+	}
+	if got["apps.jira.allow_group"] {
+		t.Errorf("a DN allow group with LDAP configured is fine: %v", ps)
+	}
+	// Groups without LDAP cannot be checked.
+	p2 := write(t, "c2.yaml", `
+mattermost: {url: "http://127.0.0.1:8065"}
+directory: {mattermost_lookup: true}
+apps:
+  jira: {bot_token: inline-token, deny_group: "cn=x,dc=y"}
+`)
+	c2, err := Load(p2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Validate(); err == nil || !strings.Contains(err.Error(), "apps.jira.deny_group") || !strings.Contains(err.Error(), "directory.ldap") {
+		t.Errorf("deny group without LDAP: %v", err)
+	}
+}

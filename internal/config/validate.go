@@ -147,12 +147,32 @@ func (c Config) Validate() error {
 	if c.Relay.PollInterval <= 0 {
 		add("relay.poll_interval", "must be positive")
 	}
-	if c.Directory.File != "" {
+	switch {
+	case c.Directory.File != "" && c.Directory.LDAP != nil:
+		add("directory", "set directory.file or directory.ldap, not both")
+	case c.Directory.File != "":
 		if _, err := os.Stat(c.Directory.File); err != nil {
 			add("directory.file", "%v", err)
 		}
-	} else if !c.Directory.MattermostLookup {
-		add("directory", "set directory.file or directory.mattermost_lookup: true, or no recipient can be resolved")
+	case c.Directory.LDAP != nil:
+		validateLDAP(c.Directory.LDAP, add)
+	case !c.Directory.MattermostLookup:
+		add("directory", "set directory.file, directory.ldap or directory.mattermost_lookup: true, or no recipient can be resolved")
+	}
+	groups := map[string]string{"directory.deny_group": c.Directory.DenyGroup}
+	for name, a := range c.Apps {
+		groups["apps."+name+".allow_group"] = a.AllowGroup
+		groups["apps."+name+".deny_group"] = a.DenyGroup
+	}
+	for key, dn := range groups {
+		if dn == "" {
+			continue
+		}
+		if c.Directory.LDAP == nil {
+			add(key, "groups need directory.ldap (the static file and Mattermost have no groups)")
+		} else if !looksLikeDN(dn) {
+			add(key, "%q is not a DN (cn=…,ou=…,dc=…)", dn)
+		}
 	}
 
 	for i, p := range c.Routing.SenderPatterns {
@@ -429,4 +449,54 @@ func checkSecret(add func(string, string, ...any), path string, s Secret, requir
 	if _, err := s.Resolve(); err != nil {
 		add(path, "%v", err)
 	}
+}
+
+func validateLDAP(l *LDAPConfig, add func(key, format string, a ...any)) {
+	if len(l.URLs) == 0 {
+		add("directory.ldap.urls", "at least one server (ldap://host:389 or ldaps://host:636)")
+	}
+	for i, u := range l.URLs {
+		if !strings.HasPrefix(u, "ldap://") && !strings.HasPrefix(u, "ldaps://") {
+			add(fmt.Sprintf("directory.ldap.urls[%d]", i), "%q must start with ldap:// or ldaps://", u)
+		}
+	}
+	if l.BaseDN == "" {
+		add("directory.ldap.base_dn", "is required (where people are searched)")
+	} else if !looksLikeDN(l.BaseDN) {
+		add("directory.ldap.base_dn", "%q is not a DN", l.BaseDN)
+	}
+	if l.BindDN != "" && !l.BindPassword.IsSet() {
+		add("directory.ldap.bind_password", "is required with bind_dn (file:/path or env:NAME)")
+	}
+	if l.BindPassword.IsSet() {
+		if _, err := l.BindPassword.Resolve(); err != nil {
+			add("directory.ldap.bind_password", "%v", err)
+		}
+	}
+	if l.CAFile != "" {
+		if _, err := os.Stat(l.CAFile); err != nil {
+			add("directory.ldap.ca_file", "%v", err)
+		}
+	}
+	switch l.Nested {
+	case "", "auto", "in_chain", "walk":
+	default:
+		add("directory.ldap.nested", "%q must be auto, in_chain or walk", l.Nested)
+	}
+	for key, v := range map[string]int{"max_depth": l.MaxDepth, "page_size": l.PageSize, "pool_size": l.PoolSize} {
+		if v < 0 {
+			add("directory.ldap."+key, "must not be negative")
+		}
+	}
+	for key, v := range map[string]time.Duration{"timeout": l.Timeout, "cache_ttl": l.CacheTTL, "negative_cache_ttl": l.NegativeCacheTTL} {
+		if v < 0 {
+			add("directory.ldap."+key, "must not be negative")
+		}
+	}
+}
+
+// looksLikeDN is a light check that catches a group name given instead of a DN.
+func looksLikeDN(s string) bool {
+	t, v, ok := strings.Cut(s, "=")
+	return ok && strings.TrimSpace(t) != "" && strings.TrimSpace(v) != ""
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/mailparse"
 	"github.com/mmgate/mmgate/internal/mattermost"
+	"github.com/mmgate/mmgate/internal/metrics"
 	"github.com/mmgate/mmgate/internal/route"
 	"github.com/mmgate/mmgate/internal/spool"
 )
@@ -62,6 +63,13 @@ type Directory interface {
 	Lookup(ctx context.Context, email string) (directory.Person, error)
 }
 
+// GroupDirectory is a Directory that also knows the groups a person is in,
+// nested groups included (LDAP). Allow and deny groups need one.
+type GroupDirectory interface {
+	Directory
+	Groups(ctx context.Context, p directory.Person) (directory.Groups, error)
+}
+
 // App is one source app as the relay sees it.
 type App struct {
 	Name               string
@@ -72,6 +80,10 @@ type App struct {
 	MaxAttachmentBytes int64
 	PostAutoReplies    bool // post out-of-office replies instead of quarantining them
 	PostBounces        bool // post bounces instead of quarantining them
+	// AllowGroup (a group DN), when set, is the only people who receive the
+	// app's messages; nobody in DenyGroup does (deny wins).
+	AllowGroup string
+	DenyGroup  string
 }
 
 // Options configures a Relay.
@@ -81,6 +93,8 @@ type Options struct {
 	Directory Directory // may be nil when only MattermostLookup is used
 	// MattermostLookup resolves addresses missing from Directory by email in Mattermost.
 	MattermostLookup bool
+	// DenyGroup (a group DN): its members receive no app's messages.
+	DenyGroup string
 	Apps             map[string]*App
 	// SiteURL is Mattermost's URL, used to link inline images to their files.
 	SiteURL string
@@ -146,16 +160,25 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 		events = append(events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
 	var info spool.Info
-	out := r.handle(ctx, msg, &info, note)
+	out := r.handle(ctx, msg, &info, note, nil)
 	out.Events = append(events, out.Events...)
 	out.Info = &info
 	return out
 }
 
-func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info, note func(kind, format string, a ...any)) spool.Outcome {
+// handle delivers msg, or with dry set only plans: it reads dry.raw instead
+// of the spool, creates nothing in Mattermost (it only looks users and
+// channels up) and records the posts it would make in dry.
+func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info, note func(kind, format string, a ...any), dry *Explanation) spool.Outcome {
 	log := r.log.With("id", msg.ID)
 
-	body, err := r.o.Spool.OpenBody(ctx, msg.ID)
+	var body io.ReadCloser
+	var err error
+	if dry != nil {
+		body = io.NopCloser(dry.raw)
+	} else {
+		body, err = r.o.Spool.OpenBody(ctx, msg.ID)
+	}
 	if fault.Is(err, fault.NotFound) {
 		// Retrying cannot bring back raw mail that is gone: an operator must look.
 		note("decision", "raw message unavailable: %v", err)
@@ -218,7 +241,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 		rcpts, fromHeader = r.headerRecipients(m), true
 		note("decision", "no envelope recipients: the header names %s", listOrNone(rcpts))
 	}
-	dests, unresolved, err := r.destinations(ctx, app, rcpts, note)
+	dests, unresolved, err := r.destinations(ctx, app, rcpts, note, dry != nil)
 	if err != nil {
 		return failure(err)
 	}
@@ -237,6 +260,13 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 		unresolved = nil
 	}
 
+	if dry != nil {
+		dry.explainPosts(ctx, r, app, m, dests, unresolved)
+		if len(unresolved) > 0 {
+			return quarantine("no_recipient", fmt.Sprintf("would post to %d destination(s), then quarantine for: %s", len(dests), strings.Join(unresolved, "; ")))
+		}
+		return spool.Outcome{Kind: spool.OutcomePosted, Reason: fmt.Sprintf("would post to %d destination(s)", len(dests))}
+	}
 	mailKey := dedupeKey(m)
 	posted, dups := 0, []string{}
 	for _, d := range dests {
@@ -378,9 +408,9 @@ type destination struct {
 	label     string
 }
 
-func (r *Relay) destinations(ctx context.Context, app *App, recipients []string, note func(string, string, ...any)) ([]destination, []string, error) {
+func (r *Relay) destinations(ctx context.Context, app *App, recipients []string, note func(string, string, ...any), dry bool) ([]destination, []string, error) {
 	var dests []destination
-	var unresolved []string
+	var unresolved, skipped []string
 	seen := map[string]bool{}
 	if app.DirectMessages {
 		botID, err := r.botID(ctx, app)
@@ -390,26 +420,40 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 		rcpts := append([]string(nil), recipients...)
 		sort.Strings(rcpts)
 		for _, rc := range rcpts {
-			u, why, err := r.resolve(ctx, app, rc)
+			res, err := r.resolve(ctx, app, rc, true)
 			if err != nil {
 				return nil, nil, err
 			}
-			if u == nil {
-				unresolved = append(unresolved, rc+" ("+why+")")
-				note("recipient", "%s: skipped, %s", rc, why)
+			for _, line := range res.lines {
+				note("recipient", "%s: %s", rc, line)
+			}
+			switch res.skip {
+			case skipPolicy:
+				// The decision line above says why.
+				skipped = append(skipped, rc+" ("+res.why+")")
+				metrics.RecipientsSkipped.WithLabelValues(app.Name, res.code).Inc()
+				note("recipient", "%s: skipped", rc)
+				continue
+			case skipUnresolved:
+				unresolved = append(unresolved, rc+" ("+res.why+")")
+				metrics.RecipientsSkipped.WithLabelValues(app.Name, res.code).Inc()
+				note("recipient", "%s: skipped, %s", rc, res.why)
 				continue
 			}
+			u := res.user
 			key := "dm:" + u.name
 			if seen[key] {
 				note("recipient", "%s: @%s already receives this message", rc, u.name)
 				continue
 			}
 			seen[key] = true
-			chID, err := r.directChannel(ctx, app, botID, u.id)
-			if err != nil {
-				return nil, nil, err
+			chID := "(direct channel, not created by explain)"
+			if !dry {
+				if chID, err = r.directChannel(ctx, app, botID, u.id); err != nil {
+					return nil, nil, err
+				}
 			}
-			note("recipient", "%s → @%s (%s)", rc, u.name, why)
+			note("recipient", "%s → @%s (%s)", rc, u.name, res.why)
 			dests = append(dests, destination{key: key, channelID: chID, label: "@" + u.name})
 		}
 	}
@@ -429,16 +473,38 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 			dests = append(dests, destination{key: key, channelID: id, label: "~" + name})
 		}
 	}
+	if len(dests) == 0 && len(unresolved) == 0 && len(skipped) > 0 {
+		// Policy left nobody: that is the reason to give.
+		unresolved = skipped
+	}
 	return dests, unresolved, nil
 }
 
-// resolve finds the Mattermost user for an address; a nil user with a reason
-// means the address has nobody (final), an error means try again later.
-func (r *Relay) resolve(ctx context.Context, app *App, addr string) (*cached, string, error) {
+// Why a recipient gets no post.
+const (
+	skipPolicy     = "policy"     // not allowed by the app's groups: recorded, not a failure
+	skipUnresolved = "unresolved" // nobody, or no Mattermost user: the message waits for an operator
+)
+
+// resolution is what became of one recipient address.
+type resolution struct {
+	user  *cached
+	why   string   // how the user was found, or why the address is skipped
+	skip  string   // "", skipPolicy or skipUnresolved
+	code  string   // metric label of a skip
+	lines []string // the directory entry and each group decision, for the history
+}
+
+// resolve finds the Mattermost user for an address and applies the app's
+// allow and deny groups. An error means try again later (the directory or
+// Mattermost is unreachable); a skip is final for this attempt. mmLookup
+// false stops before asking Mattermost (explain without a bot).
+func (r *Relay) resolve(ctx context.Context, app *App, addr string, mmLookup bool) (resolution, error) {
 	addr = strings.ToLower(strings.TrimSpace(addr))
 	if a, err := mail.ParseAddress(addr); err == nil {
 		addr = strings.ToLower(a.Address)
 	}
+	var res resolution
 	var p directory.Person
 	how := ""
 	if r.o.Directory != nil {
@@ -447,16 +513,39 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (*cached, st
 		switch {
 		case err == nil:
 			how = "directory: " + p.Source
+			line := "directory entry " + p.Source
+			if p.DisplayName != "" {
+				line += " (" + p.DisplayName + ")"
+			}
+			if len(p.Addresses) > 1 {
+				line += ", addresses " + strings.Join(p.Addresses, ", ")
+			}
+			res.lines = append(res.lines, line)
+		case errors.Is(err, directory.ErrAmbiguous):
+			res.why, res.skip, res.code = err.Error(), skipUnresolved, "ambiguous"
+			return res, nil
 		case errors.Is(err, directory.ErrNotFound):
 			if !r.o.MattermostLookup {
-				return nil, "not in the directory", nil
+				res.why, res.skip, res.code = "not in the directory", skipUnresolved, "not_in_directory"
+				return res, nil
 			}
+			res.lines = append(res.lines, "not in the directory; looked up in Mattermost by email")
 		default:
-			return nil, "", fmt.Errorf("directory lookup of %s: %w", addr, err)
+			return res, fmt.Errorf("directory lookup of %s: %w", addr, err)
 		}
+	}
+	if why, code, ok, err := r.policy(ctx, app, p, &res.lines); err != nil {
+		return res, err
+	} else if !ok {
+		res.why, res.skip, res.code = why, skipPolicy, code
+		return res, nil
 	}
 	if p.Email == "" {
 		p.Email = addr
+	}
+	if !mmLookup {
+		res.why = how
+		return res, nil
 	}
 	key := app.Name + "\x00"
 	var lookup func() (*mattermost.User, error)
@@ -470,31 +559,99 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (*cached, st
 			how = "Mattermost user with this email"
 		}
 	}
+	res.why = how
 	r.mu.Lock()
 	c, ok := r.users[key]
 	r.mu.Unlock()
 	if ok && time.Since(c.at) < cacheTTL {
-		return &c, how, nil
+		res.user = &c
+		return res, nil
 	}
 	u, err := lookup()
 	if err != nil {
 		var ae *mattermost.APIError
 		if errors.As(err, &ae) && ae.Status == 404 {
-			return nil, "no Mattermost user for " + p.Email, nil
+			who := "email " + p.Email
+			if p.Username != "" {
+				who = "username " + p.Username
+			}
+			res.why, res.skip, res.code = "no Mattermost user with "+who, skipUnresolved, "no_mattermost_user"
+			return res, nil
 		}
 		if errors.As(err, &ae) && ae.Status == 403 && p.Username == "" {
-			return nil, "Mattermost refused a lookup by email (403 " + ae.ID + "): give the username in the directory file", nil
+			res.why, res.skip, res.code = "Mattermost refused a lookup by email (403 "+ae.ID+"): give the username in the directory", skipUnresolved, "mattermost_refused"
+			return res, nil
 		}
-		return nil, "", err
+		return res, err
 	}
 	if u.DeleteAt != 0 {
-		return nil, "Mattermost user @" + u.Username + " is deactivated", nil
+		res.why, res.skip, res.code = "Mattermost user @"+u.Username+" is deactivated", skipUnresolved, "deactivated"
+		return res, nil
 	}
 	c = cached{id: u.ID, name: u.Username, at: time.Now()}
 	r.mu.Lock()
 	r.users[key] = c
 	r.mu.Unlock()
-	return &c, how, nil
+	res.user = &c
+	return res, nil
+}
+
+// policy applies the global deny group and the app's deny and allow groups
+// to p; deny wins. Each decision, with its path through nested groups, goes
+// to lines.
+func (r *Relay) policy(ctx context.Context, app *App, p directory.Person, lines *[]string) (why, code string, ok bool, err error) {
+	type rule struct{ group, name string }
+	var denies []rule
+	if r.o.DenyGroup != "" {
+		denies = append(denies, rule{r.o.DenyGroup, "the global deny group (directory.deny_group)"})
+	}
+	if app.DenyGroup != "" {
+		denies = append(denies, rule{app.DenyGroup, "app " + app.Name + "'s deny group"})
+	}
+	if len(denies) == 0 && app.AllowGroup == "" {
+		return "", "", true, nil
+	}
+	gd, isGD := r.o.Directory.(GroupDirectory)
+	if p.DN == "" || !isGD {
+		// Without an entry, a deny group cannot be checked: not posting is
+		// the only safe answer.
+		why = "not in the LDAP directory, so its allow and deny groups cannot be checked"
+		*lines = append(*lines, why)
+		return why, "not_in_directory", false, nil
+	}
+	g, err := gd.Groups(ctx, p)
+	if err != nil {
+		return "", "", false, fmt.Errorf("groups of %s: %w", p.DN, err)
+	}
+	for _, d := range denies {
+		if path, in := g.Has(d.group); in {
+			why = fmt.Sprintf("in %s %s (%s), and deny wins", d.name, d.group, pathText(path))
+			*lines = append(*lines, "denied: "+why)
+			return why, "denied", false, nil
+		}
+		*lines = append(*lines, fmt.Sprintf("not in %s %s", d.name, d.group))
+	}
+	if app.AllowGroup == "" {
+		*lines = append(*lines, "allowed: app "+app.Name+" has no allow group")
+		return "", "", true, nil
+	}
+	path, in := g.Has(app.AllowGroup)
+	if !in {
+		why = fmt.Sprintf("not in app %s's allow group %s (groups resolved by %s)", app.Name, app.AllowGroup, g.How)
+		*lines = append(*lines, "not allowed: "+why)
+		return why, "not_allowed", false, nil
+	}
+	*lines = append(*lines, fmt.Sprintf("allowed: in app %s's allow group %s (%s)", app.Name, app.AllowGroup, pathText(path)))
+	return "", "", true, nil
+}
+
+// pathText shows a membership path, group first: "direct member" or
+// "through A → B".
+func pathText(path []string) string {
+	if len(path) <= 2 {
+		return "direct member"
+	}
+	return "through " + strings.Join(path[1:len(path)-1], " → ")
 }
 
 func (r *Relay) botID(ctx context.Context, app *App) (string, error) {

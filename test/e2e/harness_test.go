@@ -567,6 +567,11 @@ type gateConfig struct {
 	// Spool is the value of the spool key, a YAML flow mapping (""
 	// : {retry_min: 1s, retry_max: 3s}); {gate_dir} is replaced.
 	Spool string
+	// Directory is the value of the directory key ("" : the static
+	// users.yaml written from Users).
+	Directory string
+	// Jira is YAML added under apps.jira, each line indented by four spaces.
+	Jira string
 }
 
 type dirUser struct {
@@ -656,6 +661,10 @@ func (g *gate) writeConfig(cfg gateConfig) {
 		spoolYAML = "{retry_min: 1s, retry_max: 3s}"
 	}
 	spoolYAML = strings.ReplaceAll(spoolYAML, "{gate_dir}", g.dir)
+	dirYAML := cfg.Directory
+	if dirYAML == "" {
+		dirYAML = "{file: " + g.usersYML + ", mattermost_lookup: false}"
+	}
 	g.cfg = cfg
 	var u strings.Builder
 	u.WriteString("users:\n")
@@ -686,15 +695,16 @@ http: {listen: %[8]s}
 mattermost: {url: %[9]s}
 spool: %[15]s
 relay: {workers: 4, poll_interval: 50ms}
-directory: {file: %[10]s, mattermost_lookup: false}
+directory: %[10]s
 routing:
 %[11]sapps:
   jira:
     bot_token: file:%[12]s
     smtp: {username: %[13]s, password: %[14]s}
 `, dataDir, g.smtpAddr, smtpHostname, mailDomain, g.s.certFile, g.s.keyFile, cfg.MaxMessageBytes,
-		g.httpAddr, cfg.MattermostURL, g.usersYML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass,
+		g.httpAddr, cfg.MattermostURL, dirYAML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass,
 		spoolYAML)
+	c += cfg.Jira
 	if cfg.Extra != "" {
 		c += strings.TrimRight(strings.ReplaceAll(cfg.Extra, "{gate_dir}", g.dir), "\n") + "\n"
 	}

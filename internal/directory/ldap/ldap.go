@@ -524,6 +524,9 @@ func (d *Directory) walk(ctx context.Context, p directory.Person) (directory.Gro
 		depth++
 	}
 	g.How = fmt.Sprintf("a walk up %s (%d level(s))", strings.Join(d.cfg.MemberAttributes, " / "), depth-1)
+	if len(g.Parent) == 0 {
+		g.How = fmt.Sprintf("a search of %s: in no group", strings.Join(d.cfg.MemberAttributes, " / "))
+	}
 	return g, nil
 }
 
