@@ -95,7 +95,7 @@ type Options struct {
 	MattermostLookup bool
 	// DenyGroup (a group DN): its members receive no app's messages.
 	DenyGroup string
-	Apps             map[string]*App
+	Apps      map[string]*App
 	// SiteURL is Mattermost's URL, used to link inline images to their files.
 	SiteURL string
 	// MaxPostRunes overrides the server's limit when > 0.

@@ -160,9 +160,9 @@ func TestLDAPDirectoryDecidesWhoReceives(t *testing.T) {
 	show := g.mustCLI("queue", "show", id)
 	t.Logf("mmgate queue show %s:\n%s", id, show)
 	for _, want := range []string{
-		"uid=bob,ou=people," + ldapBase,                           // bob's directory entry
+		"uid=bob,ou=people," + ldapBase,                                // bob's directory entry
 		"through cn=eng," + ldapGroups + " → cn=backend," + ldapGroups, // his path through nested groups
-		"in app jira's deny group cn=contractors",                  // carol
+		"in app jira's deny group cn=contractors",                      // carol
 		"deny wins",
 		"erin@" + mailDomain + ": not allowed: not in app jira's allow group", "erin@" + mailDomain + ": skipped",
 		"→ @alice", "→ @" + bobName,

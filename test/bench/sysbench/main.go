@@ -7,6 +7,7 @@
 //	sysbench latency …             figure 2: SMTP 250 → post visible in the real Mattermost
 //	sysbench bigattach …           figure 3: peak RSS growth for a 25 MB attachment
 //	sysbench postback …            figure 4: postback intake load (mail_room's requests)
+//	sysbench ldaproute …           figure 6: recipients routed through a real slapd
 //
 // It owns only the measurement: it never changes mmgate's code or its spool
 // (the spool is opened read-only), never talks to anything but 127.0.0.1, and
@@ -39,6 +40,8 @@ func main() {
 		err = cmdBigAttach(args)
 	case "postback":
 		err = cmdPostback(args)
+	case "ldaproute":
+		err = cmdLDAPRoute(args)
 	default:
 		usage()
 	}
@@ -49,6 +52,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: sysbench freeport|waitsmtp|standin|spoolcount|latency|bigattach|postback [flags]")
+	fmt.Fprintln(os.Stderr, "usage: sysbench freeport|waitsmtp|standin|spoolcount|latency|bigattach|postback|ldaproute [flags]")
 	os.Exit(2)
 }
