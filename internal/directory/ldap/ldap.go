@@ -73,7 +73,9 @@ type Config struct {
 	// GroupFilter says what a group is when walking nested groups.
 	GroupFilter string
 	// MailAttributes hold a person's addresses; proxyAddresses values are
-	// matched as "smtp:ADDRESS" (any case).
+	// matched as "smtp:ADDRESS" (any case). Default: mail and proxyAddresses
+	// on Active Directory, mail elsewhere (an attribute a server does not
+	// know makes OpenLDAP scan every entry).
 	MailAttributes []string
 	// UsernameAttribute holds the Mattermost username ("" = find the
 	// Mattermost user by email).
@@ -103,9 +105,6 @@ func (c *Config) defaults() {
 	}
 	if c.GroupFilter == "" {
 		c.GroupFilter = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))"
-	}
-	if len(c.MailAttributes) == 0 {
-		c.MailAttributes = []string{"mail", "proxyAddresses"}
 	}
 	if c.DisplayNameAttribute == "" {
 		c.DisplayNameAttribute = "displayName"
@@ -147,8 +146,10 @@ type Directory struct {
 	open chan struct{} // one token per open connection
 
 	mu        sync.Mutex
-	preferred int // index into cfg.URLs of the server that last worked
-	mode      string
+	preferred int    // index into cfg.URLs of the server that last worked
+	mode      string // fixed nesting mode, "" for auto
+	kindKnown bool   // the root DSE was read: ad says whether it is AD
+	ad        bool
 
 	people  *cache[personResult]
 	groups  *cache[directory.Groups]
@@ -274,10 +275,14 @@ func (d *Directory) Lookup(ctx context.Context, email string) (directory.Person,
 }
 
 func (d *Directory) lookup(ctx context.Context, addr string) (personResult, error) {
+	mailAttrs, err := d.mailAttributes(ctx)
+	if err != nil {
+		return personResult{}, err
+	}
 	var or strings.Builder
 	or.WriteString("(|")
 	esc := goldap.EscapeFilter(addr)
-	for _, a := range d.cfg.MailAttributes {
+	for _, a := range mailAttrs {
 		if strings.EqualFold(a, "proxyAddresses") {
 			fmt.Fprintf(&or, "(%s=smtp:%s)", a, esc)
 		} else {
@@ -286,13 +291,13 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	or.WriteString(")")
 	filter := "(&" + d.cfg.UserFilter + or.String() + ")"
-	attrs := append([]string{d.cfg.DisplayNameAttribute, "cn", "memberOf"}, d.cfg.MailAttributes...)
+	attrs := append([]string{d.cfg.DisplayNameAttribute, "cn", "memberOf"}, mailAttrs...)
 	if d.cfg.UsernameAttribute != "" {
 		attrs = append(attrs, d.cfg.UsernameAttribute)
 	}
 	var server string
 	var entries []*goldap.Entry
-	err := d.do(ctx, func(c *goldap.Conn, srv string) error {
+	err = d.do(ctx, func(c *goldap.Conn, srv string) error {
 		server = srv
 		res, err := d.search(c, goldap.NewSearchRequest(d.cfg.BaseDN, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases,
 			2, int(d.cfg.Timeout/time.Second), false, filter, attrs, nil))
@@ -321,7 +326,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	e := entries[0]
 	p := directory.Person{DN: e.DN, Source: fmt.Sprintf("LDAP %s entry %s", server, e.DN)}
-	for _, a := range d.cfg.MailAttributes {
+	for _, a := range mailAttrs {
 		for _, v := range e.GetEqualFoldAttributeValues(a) {
 			if strings.EqualFold(a, "proxyAddresses") {
 				typ, rest, ok := strings.Cut(v, ":")
@@ -389,13 +394,43 @@ func (d *Directory) Groups(ctx context.Context, p directory.Person) (directory.G
 	return v.(directory.Groups), nil
 }
 
-// nestingMode settles auto by asking the root DSE once.
+// mailAttributes are the configured ones, or the server kind's default.
+func (d *Directory) mailAttributes(ctx context.Context) ([]string, error) {
+	if len(d.cfg.MailAttributes) > 0 {
+		return d.cfg.MailAttributes, nil
+	}
+	ad, err := d.isAD(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if ad {
+		return []string{"mail", "proxyAddresses"}, nil
+	}
+	return []string{"mail"}, nil
+}
+
+// nestingMode settles auto from the server kind.
 func (d *Directory) nestingMode(ctx context.Context) (string, error) {
+	if d.mode != "" {
+		return d.mode, nil
+	}
+	ad, err := d.isAD(ctx)
+	if err != nil {
+		return "", err
+	}
+	if ad {
+		return NestedInChain, nil
+	}
+	return NestedWalk, nil
+}
+
+// isAD asks the root DSE once whether the server is Active Directory.
+func (d *Directory) isAD(ctx context.Context) (bool, error) {
 	d.mu.Lock()
-	mode := d.mode
+	known, ad := d.kindKnown, d.ad
 	d.mu.Unlock()
-	if mode != "" {
-		return mode, nil
+	if known {
+		return ad, nil
 	}
 	var caps []string
 	err := d.do(ctx, func(c *goldap.Conn, _ string) error {
@@ -410,16 +445,13 @@ func (d *Directory) nestingMode(ctx context.Context) (string, error) {
 		return nil
 	})
 	if err != nil {
-		return "", fmt.Errorf("reading the LDAP root DSE to tell Active Directory from other servers: %w", err)
+		return false, fmt.Errorf("reading the LDAP root DSE to tell Active Directory from other servers: %w", err)
 	}
-	mode = NestedWalk
-	if slices.Contains(caps, adCapabilityOID) {
-		mode = NestedInChain
-	}
+	ad = slices.Contains(caps, adCapabilityOID)
 	d.mu.Lock()
-	d.mode = mode
+	d.kindKnown, d.ad = true, ad
 	d.mu.Unlock()
-	return mode, nil
+	return ad, nil
 }
 
 // inChain asks Active Directory for every group p is in, nested or not, in
