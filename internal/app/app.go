@@ -110,20 +110,18 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpL.Addr() }
 
 // Start builds and starts everything. cfg must have passed Validate.
 func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
-	router, err := route.New(cfg)
+	spill := filepath.Join(cfg.DataDir, "tmp")
+	if err := os.MkdirAll(spill, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	rel, clients, err := buildRelay(cfg, spill, log.With("component", "relay"))
 	if err != nil {
 		return nil, err
 	}
-	apps := map[string]*relay.App{}
 	var creds []smtpintake.Credential
 	checks := map[string]httpapi.Check{}
 	for name, a := range cfg.Apps {
-		tok, err := a.BotToken.Resolve()
-		if err != nil {
-			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
-		}
-		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
-		apps[name] = relayApp(name, a, cl)
+		cl := clients[name]
 		checks["mattermost:"+name] = func(ctx context.Context) error {
 			if _, err := cl.Me(ctx); err != nil {
 				return fmt.Errorf("bot token of app %s: %w", name, err)
@@ -145,16 +143,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		}
 		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
 	}
-	dir, err := OpenDirectory(cfg)
-	if err != nil {
-		return nil, err
-	}
-	spill := filepath.Join(cfg.DataDir, "tmp")
-	if err := os.MkdirAll(spill, 0o700); err != nil {
-		return nil, fmt.Errorf("data_dir: %w", err)
-	}
 	s := &Server{cfg: cfg, log: log}
-	rel := newRelay(cfg, router, dir, apps, spill, log.With("component", "relay"))
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {
 		return nil, err
@@ -239,7 +228,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if err := s.startPollers(cfg, sp, log); err != nil {
 		return fail(err)
 	}
-	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(apps),
+	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(cfg.Apps),
 		"spool", cfg.SpoolPath(), "pipe_socket", cfg.PipeSocket(), "postback_mailboxes", len(cfg.Postback.Mailboxes),
 		"imap_mailboxes", len(cfg.IMAP.Mailboxes))
 	return s, nil
@@ -350,38 +339,40 @@ func OpenDirectory(cfg config.Config) (relay.Directory, error) {
 	return nil, nil
 }
 
-func relayApp(name string, a config.App, cl *mattermost.Client) *relay.App {
-	return &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
-		MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces(),
-		AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup}
-}
-
 // NewExplainer builds the relay as serve would, without a spool, to explain
 // messages: it reads the directory and looks users up in Mattermost, and
 // posts nothing.
 func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
+	rel, _, err := buildRelay(cfg, os.TempDir(), log)
+	return rel, err
+}
+
+// buildRelay makes the relay of cfg (without its spool) and each app's
+// Mattermost client. Nothing connects yet.
+func buildRelay(cfg config.Config, spill string, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
 	router, err := route.New(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	apps := map[string]*relay.App{}
+	clients := map[string]*mattermost.Client{}
 	for name, a := range cfg.Apps {
 		tok, err := a.BotToken.Resolve()
 		if err != nil {
-			return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
+			return nil, nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
 		}
 		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
-		apps[name] = relayApp(name, a, cl)
+		clients[name] = cl
+		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
+			MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces(),
+			AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup}
 	}
 	dir, err := OpenDirectory(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return newRelay(cfg, router, dir, apps, os.TempDir(), log), nil
-}
-
-func newRelay(cfg config.Config, router *route.Router, dir relay.Directory, apps map[string]*relay.App, spill string, log *slog.Logger) *relay.Relay {
-	return relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
+	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
 		DenyGroup: cfg.Directory.DenyGroup, Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes,
 		SpillDir: spill, Domains: cfg.SMTP.Domains, Logger: log})
+	return rel, clients, nil
 }

@@ -420,24 +420,23 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 		rcpts := append([]string(nil), recipients...)
 		sort.Strings(rcpts)
 		for _, rc := range rcpts {
-			res, err := r.resolve(ctx, app, rc, true)
+			res, err := r.resolve(ctx, app, rc)
 			if err != nil {
 				return nil, nil, err
 			}
 			for _, line := range res.lines {
 				note("recipient", "%s: %s", rc, line)
 			}
-			switch res.skip {
-			case skipPolicy:
-				// The decision line above says why.
-				skipped = append(skipped, rc+" ("+res.why+")")
+			if res.skip != "" {
 				metrics.RecipientsSkipped.WithLabelValues(app.Name, res.code).Inc()
-				note("recipient", "%s: skipped", rc)
-				continue
-			case skipUnresolved:
-				unresolved = append(unresolved, rc+" ("+res.why+")")
-				metrics.RecipientsSkipped.WithLabelValues(app.Name, res.code).Inc()
-				note("recipient", "%s: skipped, %s", rc, res.why)
+				if res.skip == skipPolicy {
+					// The decision line above says why.
+					skipped = append(skipped, rc+" ("+res.why+")")
+					note("recipient", "%s: skipped", rc)
+				} else {
+					unresolved = append(unresolved, rc+" ("+res.why+")")
+					note("recipient", "%s: skipped, %s", rc, res.why)
+				}
 				continue
 			}
 			u := res.user
@@ -497,9 +496,8 @@ type resolution struct {
 
 // resolve finds the Mattermost user for an address and applies the app's
 // allow and deny groups. An error means try again later (the directory or
-// Mattermost is unreachable); a skip is final for this attempt. mmLookup
-// false stops before asking Mattermost (explain without a bot).
-func (r *Relay) resolve(ctx context.Context, app *App, addr string, mmLookup bool) (resolution, error) {
+// Mattermost is unreachable); a skip is final for this attempt.
+func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution, error) {
 	addr = strings.ToLower(strings.TrimSpace(addr))
 	if a, err := mail.ParseAddress(addr); err == nil {
 		addr = strings.ToLower(a.Address)
@@ -542,10 +540,6 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string, mmLookup boo
 	}
 	if p.Email == "" {
 		p.Email = addr
-	}
-	if !mmLookup {
-		res.why = how
-		return res, nil
 	}
 	key := app.Name + "\x00"
 	var lookup func() (*mattermost.User, error)

@@ -56,7 +56,6 @@ func (s *fakeSpool) AddEvent(_ context.Context, id, kind, detail string) error {
 	s.events = append(s.events, kind+": "+detail)
 	return nil
 }
-func (s *fakeSpool) SetInfo(context.Context, string, string, string, string) error { return nil }
 func (s *fakeSpool) LedgerGet(_ context.Context, m, d, p string) (spool.LedgerEntry, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

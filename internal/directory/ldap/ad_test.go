@@ -12,8 +12,6 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	goldap "github.com/go-ldap/ldap/v3"
-
-	"github.com/mmgate/mmgate/internal/directory"
 )
 
 type recorded struct {
@@ -198,5 +196,4 @@ func TestActiveDirectoryInChain(t *testing.T) {
 	if _, err := d.Lookup(ctx, "f.jones@corp.example"); err != nil {
 		t.Error(err)
 	}
-	_ = directory.NormDN
 }

@@ -311,7 +311,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 		return nil
 	})
 	if err != nil {
-		return personResult{}, fmt.Errorf("LDAP search for %s: %w", addr, err)
+		return personResult{}, fmt.Errorf("LDAP search: %w", err)
 	}
 	switch len(entries) {
 	case 0:
