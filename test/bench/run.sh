@@ -302,10 +302,14 @@ else
 		if "$bin/sysbench" waitsmtp -timeout 10s "127.0.0.1:$kport" 2>/dev/null; then
 			ncal=$((N < 10000 ? N : 10000))
 			t0=$(now_ns)
-			timeout 60 "$smtp_source" -s 8 -l 10240 -m "$ncal" -f jira-svc@tools.test -t alice@corp.test "127.0.0.1:$kport" \
-				> "$work/calibrate.out" 2>&1
-			t1=$(now_ns)
-			cal_rate=$(awk -v n="$ncal" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n/((b-a)/1e9)}')
+			cal_rate=n/a
+			if timeout 60 "$smtp_source" -s 8 -l 10240 -m "$ncal" -f jira-svc@tools.test -t alice@corp.test "127.0.0.1:$kport" \
+				> "$work/calibrate.out" 2>&1; then
+				t1=$(now_ns)
+				cal_rate=$(awk -v n="$ncal" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n/((b-a)/1e9)}')
+			else
+				echo "--- calibration: smtp-source failed or timed out (see $work/calibrate.out): no ceiling measured"
+			fi
 			echo "--- calibration: smtp-source → smtp-sink (postfix's null SMTP server, stores nothing): $cal_rate msgs/s for $ncal messages"
 			echo "    (the most this harness can measure on this machine now; mmgate's figure cannot exceed it)"
 			add_row "1.  harness ceiling: smtp-source → smtp-sink" "(reference)" "$cal_rate msgs/s" info
@@ -409,13 +413,14 @@ else
 	if start_mmgate latency; then
 		out=$(timeout 150 "$bin/sysbench" latency -smtp "$SMTP_ADDR" -rate 50 -duration 20s -wait 40s 2>&1)
 		echo "$out" | grep -v '^RESULT'
-		lat_found=0 lat_sent=0 lat_median_ms=n/a lat_p90_ms=n/a lat_max_ms=n/a
+		lat_found=0 lat_sent=0 lat_failed=n/a lat_median_ms=n/a lat_p90_ms=n/a lat_max_ms=n/a
 		result_vars lat $(echo "$out" | grep '^RESULT' | tail -n 1)
 		show_log_problems "$work/latency/mmgate.log"
 		stop_pid "$MMGATE_PID"
 		v=$(verdict "$lat_median_ms" le 150)
-		[ "$lat_found" -gt 0 ] && [ "$lat_found" = "$lat_sent" ] || v=MISS
-		add_row "2. latency 250 → post, median" "<= 150 ms" "median $lat_median_ms ms, p90 $lat_p90_ms, max $lat_max_ms; $lat_found/$lat_sent found" "$v"
+		# Every message must have been accepted and found: refused sends would hide slow ones.
+		[ "$lat_found" -gt 0 ] && [ "$lat_found" = "$lat_sent" ] && [ "$lat_failed" = 0 ] || v=MISS
+		add_row "2. latency 250 → post, median" "<= 150 ms" "median $lat_median_ms ms, p90 $lat_p90_ms, max $lat_max_ms; $lat_found/$lat_sent found, $lat_failed refused" "$v"
 	else
 		add_row "2. latency 250 → post, median" "<= 150 ms" "mmgate did not start" MISS
 	fi
@@ -491,26 +496,34 @@ else
 		if ! start_mmgate "replica-k$K-load"; then rates+=(n/a); continue; fi
 		"$bin/sysbench" postback -url "http://$HTTP_ADDR/intake/mailroom/bench" -token benchtoken -n "$M" -c 8 -size 4096 -attach 65536 -max 120s | grep -v '^RESULT'
 		stop_pid "$MMGATE_PID"
-		# K replicas deliver.
+		# The target is what was stored, not what was asked for.
+		c_total=0
+		result_vars c $("$bin/sysbench" spoolcount -db "$DSN" 2>/dev/null)
+		stored=$c_total
+		[ "$stored" -eq "$M" ] || echo "NOTE: $stored of $M messages stored by the preload"
+		# K replicas deliver, timed from when the last one is up; what the
+		# earlier ones posted while it started is subtracted.
 		rpids=()
-		t0=$(now_ns)
 		for r in $(seq 1 "$K"); do
 			WORKERS=4 write_config "replica-k$K-r$r" "http://127.0.0.1:$d_port" standin-token 50ms 67108864
 			start_mmgate "replica-k$K-r$r" && rpids+=("$MMGATE_PID")
 		done
+		c_posted=0 c_quarantined=0
+		result_vars c $("$bin/sysbench" spoolcount -db "$DSN" 2>/dev/null)
+		posted0=$c_posted
+		t0=$(now_ns)
 		deadline=$((SECONDS + 180))
-		c_posted=0 c_quarantined=0 c_total=0
 		while [ $SECONDS -lt $deadline ]; do
 			result_vars c $("$bin/sysbench" spoolcount -db "$DSN" 2>/dev/null)
-			[ "$((c_posted + c_quarantined))" -ge "$M" ] && break
+			[ "$((c_posted + c_quarantined))" -ge "$stored" ] && break
 			sleep 0.2
 		done
 		t1=$(now_ns)
 		for p in "${rpids[@]}"; do stop_pid "$p"; done
 		secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b-a)/1e9}')
-		rate=$(awk -v n="$c_posted" -v s="$secs" 'BEGIN {if (s > 0) printf "%.0f", n/s; else print "n/a"}')
-		echo "$K replica(s): $c_posted of $M posted ($c_quarantined quarantined) in $secs s → $rate msgs/s"
-		[ "$c_posted" -ge "$M" ] || echo "NOTE: not all posted within 180 s"
+		rate=$(awk -v n="$((c_posted - posted0))" -v s="$secs" 'BEGIN {if (s > 0 && n > 0) printf "%.0f", n/s; else print "n/a"}')
+		echo "$K replica(s): $c_posted of $stored posted ($c_quarantined quarantined; $posted0 before the last replica was up), $((c_posted - posted0)) in $secs s → $rate msgs/s"
+		[ "$c_posted" -ge "$stored" ] || echo "NOTE: not all posted within 180 s"
 		for r in $(seq 1 "$K"); do show_log_problems "$work/replica-k$K-r$r/mmgate.log"; done
 		rates+=("$rate")
 	done

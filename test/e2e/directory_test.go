@@ -204,8 +204,8 @@ func TestLDAPDirectoryDecidesWhoReceives(t *testing.T) {
 		}
 	}
 	settle(g)
-	if ps, _ := bob.postsOf(since, "explain-"+n3+"@e2e.test"); len(ps) != 0 {
-		t.Errorf("explain posted %d post(s)", len(ps))
+	if ps, err := bob.postsOf(since, "explain-"+n3+"@e2e.test"); err != nil || len(ps) != 0 {
+		t.Errorf("explain posted %d post(s) (err %v)", len(ps), err)
 	}
 
 	// 4. slapd stops: the message waits (retrying, never quarantined), and
@@ -227,7 +227,7 @@ func TestLDAPDirectoryDecidesWhoReceives(t *testing.T) {
 	l.start()
 	alice.waitPosts(t, g, since, msgID4, 1)
 	settle(g)
-	if ps, _ := alice.postsOf(since, msgID4); len(ps) != 1 {
-		t.Errorf("alice has %d posts of the message sent during the outage, want 1", len(ps))
+	if ps, err := alice.postsOf(since, msgID4); err != nil || len(ps) != 1 {
+		t.Errorf("alice has %d posts of the message sent during the outage, want 1 (err %v)", len(ps), err)
 	}
 }

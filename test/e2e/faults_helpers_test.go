@@ -234,44 +234,6 @@ func pipeSend(s *suite, socket string, m *testMail, raw []byte) (int, string) {
 
 // --- reading posts back ------------------------------------------------------------------------
 
-// allPostsSince returns every undeleted post of the channel created at or
-// after since (less a second), page by page, newest first: unlike
-// postsSince it is not cut at the 1,000 posts the since= query returns.
-func (c *mmClient) allPostsSince(channelID string, since time.Time) ([]post, error) {
-	ms := since.Add(-time.Second).UnixMilli()
-	const perPage = 200
-	seen := map[string]bool{}
-	var out []post
-	for page := 0; page < 2000; page++ {
-		var pl struct {
-			Order []string        `json:"order"`
-			Posts map[string]post `json:"posts"`
-		}
-		if _, err := c.do("GET", fmt.Sprintf("/channels/%s/posts?page=%d&per_page=%d", channelID, page, perPage), nil, &pl); err != nil {
-			return nil, err
-		}
-		older := false
-		for _, id := range pl.Order {
-			p, ok := pl.Posts[id]
-			if !ok {
-				continue
-			}
-			if p.CreateAt < ms {
-				older = true
-				continue
-			}
-			if p.DeleteAt == 0 && !seen[id] {
-				seen[id] = true
-				out = append(out, p)
-			}
-		}
-		if older || len(pl.Order) < perPage {
-			return out, nil
-		}
-	}
-	return nil, fmt.Errorf("channel %s: more than 2,000 pages of posts since %s", channelID, since.Format(time.RFC3339))
-}
-
 // postsByMessageID groups posts by their mmgate_message_id prop.
 func postsByMessageID(ps []post) map[string][]post {
 	out := map[string][]post{}
@@ -374,7 +336,7 @@ func readPosts(t *testing.T, s *suite, since time.Time, names ...string) map[str
 	out := map[string]map[string][]post{}
 	for _, n := range names {
 		r := s.recipient(t, n)
-		ps, err := r.c.allPostsSince(r.dm, since)
+		ps, err := r.c.postsSince(r.dm, since)
 		if err != nil {
 			t.Fatalf("reading %s's DM with the bot: %v", n, err)
 		}

@@ -415,32 +415,40 @@ func (c *mmClient) dmWith(self, other string) (string, error) {
 	return ch.ID, nil
 }
 
-// postsSince returns the channel's undeleted posts created at or after since,
-// oldest first.
-// postsSince lists the channel's posts created since (less a second), read
-// page by page from the newest back. Mattermost's ?since= answer is capped
+// postsSince returns the channel's undeleted posts created since (less a
+// second), oldest first, read page by page from the newest back. Mattermost's ?since= answer is capped
 // at 1,000 posts (the oldest changed ones) and served from a per-channel
 // cache that was seen to answer empty right after posts were made, so the
 // suite does not use it.
 func (c *mmClient) postsSince(channelID string, since time.Time) ([]post, error) {
 	ms := since.Add(-time.Second).UnixMilli()
+	const perPage = 200
+	seen := map[string]bool{}
 	var out []post
-	for page := 0; page < 100; page++ {
+	for page := 0; ; page++ {
+		if page == 2000 {
+			return nil, fmt.Errorf("channel %s: more than 2,000 pages of posts since %s", channelID, since.Format(time.RFC3339))
+		}
 		var pl struct {
 			Order []string        `json:"order"`
 			Posts map[string]post `json:"posts"`
 		}
-		if _, err := c.do("GET", fmt.Sprintf("/channels/%s/posts?page=%d&per_page=200&skipFetchThreads=true", channelID, page), nil, &pl); err != nil {
+		if _, err := c.do("GET", fmt.Sprintf("/channels/%s/posts?page=%d&per_page=%d&skipFetchThreads=true", channelID, page, perPage), nil, &pl); err != nil {
 			return nil, err
 		}
-		older := len(pl.Order) < 200
+		older := len(pl.Order) < perPage
 		for _, id := range pl.Order {
-			p := pl.Posts[id]
+			p, ok := pl.Posts[id]
+			if !ok {
+				continue
+			}
 			if p.CreateAt < ms {
 				older = true
 				continue
 			}
-			if p.DeleteAt == 0 {
+			// A post can move to the next page while the pages are read.
+			if p.DeleteAt == 0 && !seen[id] {
+				seen[id] = true
 				out = append(out, p)
 			}
 		}

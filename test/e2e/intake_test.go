@@ -14,7 +14,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -421,12 +420,8 @@ func TestPipeThroughRealPostfix(t *testing.T) {
 	msgID2 := "pipe-down-" + n2 + "@e2e.test"
 	eml2 := header("Jira Service <jira-svc@tools.test>", rcpt, "E2E pipe deferred "+n2, msgID2) +
 		"Content-Type: text/plain; charset=utf-8\n\nDeferred by postfix while mmgate was down (" + n2 + ").\n"
-	direct := exec.Command(s.bin, "deliver", "--socket", sock, "--sender", "jira-svc@tools.test", "--", rcpt)
-	direct.Stdin = bytes.NewReader(crlf(eml2))
-	out, err := direct.CombinedOutput()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 75 {
-		t.Errorf("mmgate deliver with mmgate down: %v, want exit status 75 (EX_TEMPFAIL)\n%s", err, out)
+	if code, out := pipeSend(s, sock, &testMail{addrs: []string{rcpt}}, crlf(eml2)); code != 75 {
+		t.Errorf("mmgate deliver with mmgate down: exit status %d, want 75 (EX_TEMPFAIL)\n%s", code, out)
 	}
 	since2 := time.Now()
 	qid2 := pf.send("jira-svc@tools.test", rcpt, crlf(eml2))

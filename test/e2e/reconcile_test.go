@@ -188,7 +188,7 @@ func TestLostPostAnswerInBusyChannel(t *testing.T) {
 		return showField(out, "State") == "posted", out
 	})
 	settle(g)
-	ps, err := alice.c.allPostsSince(alice.dm, since)
+	ps, err := alice.c.postsSince(alice.dm, since)
 	if err != nil {
 		t.Fatal(err)
 	}
