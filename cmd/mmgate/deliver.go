@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -46,13 +45,9 @@ postfix master.cf:
 					return &exitError{fault.ExitTempFail, fmt.Errorf("pipe.socket is \"-\" in the configuration: the running instance has no socket to deliver to")}
 				}
 			}
-			id, err := pipe.Deliver(cmd.Context(), socket, p, os.Stdin)
+			id, err := pipe.Deliver(cmd.Context(), socket, p, cmd.InOrStdin())
 			if err != nil {
-				code := fault.ExitTempFail
-				switch fault.KindOf(err) {
-				case fault.Invalid, fault.TooLarge, fault.Permanent:
-					code = fault.ExitDataErr
-				}
+				code := fault.Exit(err)
 				hint := "the message stays with the sender, who will retry"
 				if code == fault.ExitDataErr {
 					hint = "the message can never be accepted"
@@ -65,6 +60,11 @@ postfix master.cf:
 			return nil
 		},
 	}
+	// A wrong argv in master.cf must not bounce mail (postfix bounces on any
+	// status that is not a sysexits one): keep it queued and say why.
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{fault.ExitTempFail, fmt.Errorf("%w (check the command line, e.g. the pipe transport's argv in master.cf; the message stays with the sender)", err)}
+	})
 	c.Flags().StringVar(&p.App, "app", "", "the source app (default: found by the sender and routing rules)")
 	c.Flags().StringVar(&p.Sender, "sender", "", "the envelope sender (postfix: ${sender}; empty for the null sender)")
 	c.Flags().StringArrayVar(&p.Recipients, "recipient", nil, "an envelope recipient (repeatable; arguments after -- are recipients too)")

@@ -64,6 +64,7 @@ func TestDeliverExitCodes(t *testing.T) {
 		{"too large", []string{"deliver", "--socket", sock}, mail + strings.Repeat("x", 5000), fault.ExitDataErr},
 		{"instance down", []string{"deliver", "--socket", filepath.Join(dir, "down.sock")}, mail, fault.ExitTempFail},
 		{"configuration unreadable", []string{"deliver", "-c", filepath.Join(dir, "missing.yaml")}, mail, fault.ExitTempFail},
+		{"unknown flag in master.cf", []string{"deliver", "--socket", sock, "--sendr", "x"}, mail, fault.ExitTempFail},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

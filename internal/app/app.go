@@ -302,14 +302,20 @@ func (s *Server) startPollers(cfg config.Config, sp *spool.Spool, log *slog.Logg
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopIntakes = cancel
 	for name, m := range cfg.IMAP.Mailboxes {
-		p, err := newPoller(name, m, sp, log.With("component", "imap", "mailbox", name))
+		plog := log.With("component", "imap", "mailbox", name)
+		p, err := newPoller(name, m, sp, plog)
 		if err != nil {
 			return err
+		}
+		if err := p.Check(); err != nil {
+			return fmt.Errorf("imap.mailboxes.%s: %w", name, err)
 		}
 		s.pollers.Add(1)
 		go func() {
 			defer s.pollers.Done()
-			_ = p.Run(ctx)
+			if err := p.Run(ctx); err != nil {
+				plog.Error("IMAP mailbox is not polled", "err", err)
+			}
 		}()
 	}
 	return nil

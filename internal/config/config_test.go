@@ -206,3 +206,20 @@ apps:
 		t.Errorf("deny group without LDAP: %v", err)
 	}
 }
+
+func TestIMAPMoveToTheWatchedFolderIsRefused(t *testing.T) {
+	p := write(t, "c.yaml", `
+mattermost: {url: "http://127.0.0.1:8065"}
+directory: {mattermost_lookup: true}
+imap:
+  mailboxes:
+    tools: {address: "127.0.0.1:143", tls: none, username: u, password: pw, move_to: inbox}
+`)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "imap.mailboxes.tools.move_to") {
+		t.Errorf("move_to = the default folder: %v", err)
+	}
+}

@@ -366,6 +366,13 @@ func (c Config) validateIntakes(add func(string, string, ...any)) {
 		if m.PollInterval < 0 {
 			add(p+".poll_interval", "must not be negative")
 		}
+		folder := m.Folder
+		if folder == "" {
+			folder = "INBOX"
+		}
+		if m.MoveTo != "" && strings.EqualFold(m.MoveTo, folder) {
+			add(p+".move_to", "%q is the folder being watched: give another folder, or leave it empty to flag mail as seen instead", m.MoveTo)
+		}
 		checkDefaults(p, m.MailboxDefaults)
 	}
 }

@@ -222,8 +222,9 @@ func (c *Client) pagePostsSince(ctx context.Context, channelID string, ms int64,
 		}
 		before = last
 	}
-	return fmt.Errorf("mattermost: channel %s has more than %d posts since %s: cannot tell which were made then",
-		channelID, pagePosts*maxPostPages, time.UnixMilli(ms).UTC().Format(time.RFC3339))
+	// Retrying reads more posts each time, never fewer: an operator must look.
+	return fault.New(fault.Permanent, "reconcile_too_many_posts", fmt.Sprintf("mattermost: channel %s has more than %d posts since %s: cannot tell whether this part was already posted",
+		channelID, pagePosts*maxPostPages, time.UnixMilli(ms).UTC().Format(time.RFC3339)))
 }
 
 // PostThread returns the root post and every reply of postID's thread, in

@@ -153,3 +153,14 @@ func TestExplainPostsNothing(t *testing.T) {
 		t.Errorf("explanation:\n%s", all)
 	}
 }
+
+// An error that retrying can only make worse is quarantined with its code.
+func TestPermanentErrorIsQuarantined(t *testing.T) {
+	out := failure(fault.New(fault.Permanent, "reconcile_too_many_posts", "too many posts"))
+	if out.Kind != spool.OutcomeQuarantine || out.Code != "reconcile_too_many_posts" || out.Reason != "too many posts" {
+		t.Fatalf("%+v", out)
+	}
+	if out := failure(errors.New("connection reset")); out.Kind != spool.OutcomeRetry {
+		t.Fatalf("an unknown error must be retried: %+v", out)
+	}
+}

@@ -744,5 +744,8 @@ func failure(err error) spool.Outcome {
 	if errors.As(err, &ae) {
 		return quarantine("mattermost_refused", fmt.Sprintf("Mattermost refused %s: %d %s: %s", ae.Op, ae.Status, ae.ID, ae.Message))
 	}
+	if fault.Is(err, fault.Permanent) {
+		return quarantine(fault.CodeOf(err), err.Error())
+	}
 	return retry(err)
 }

@@ -173,8 +173,9 @@ func New(store Store, state State, mb Mailbox, log *slog.Logger) *Poller {
 	return &Poller{store: store, state: state, mb: mb, log: log.With("intake", "imap", "mailbox", mb.Name)}
 }
 
-// check reports configuration mistakes that retrying cannot fix.
-func (p *Poller) check() error {
+// Check reports configuration mistakes that retrying cannot fix; Run
+// returns the same error at once.
+func (p *Poller) Check() error {
 	var problems []error
 	if p.store == nil || p.state == nil {
 		problems = append(problems, errors.New("store and state are required"))
@@ -211,7 +212,7 @@ func (p *Poller) check() error {
 // invalid (unknown TLS mode, malformed Address or Since, MoveTo equal to
 // Folder). Run must not be called concurrently on one Poller.
 func (p *Poller) Run(ctx context.Context) error {
-	if err := p.check(); err != nil {
+	if err := p.Check(); err != nil {
 		return err
 	}
 	backoff := backoffMin

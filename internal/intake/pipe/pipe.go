@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/fault"
+	"github.com/mmgate/mmgate/internal/httpapi"
 	"github.com/mmgate/mmgate/internal/intake/postback"
 	"github.com/mmgate/mmgate/internal/spool"
 )
@@ -74,7 +75,7 @@ func Handler(store postback.Store, maxBytes int64, log *slog.Logger) http.Handle
 			return
 		}
 		log.Info("pipe: stored", "id", id, "app", env.App, "recipients", len(env.Recipients))
-		postback.WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		postback.Refuse(w, r, fault.New(fault.NotFound, "not_found", "no such endpoint"))

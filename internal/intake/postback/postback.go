@@ -29,7 +29,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +41,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/mmgate/mmgate/internal/fault"
+	"github.com/mmgate/mmgate/internal/httpapi"
 	"github.com/mmgate/mmgate/internal/spool"
 )
 
@@ -140,7 +140,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("postback: stored", "id", id)
-	WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"success": true, "id": id})
 }
 
 // StoreBody streams r's body into store as one message with env, enforcing
@@ -324,23 +324,15 @@ func (c *nonceCache) add(key string, now time.Time) bool {
 	return true
 }
 
-// Refuse writes err as the standard JSON error. When the request body was
-// not read (a refusal before storing), the connection is closed rather than
-// drained, so a large body is never read whole.
+// Refuse writes err as the standard JSON error (httpapi.WriteError). When
+// the request body was not read (a refusal before storing), the connection
+// is closed rather than drained, so a large body is never read whole.
 func Refuse(w http.ResponseWriter, r *http.Request, err error) {
 	if r.ContentLength != 0 {
 		w.Header().Set("Connection", "close")
 	}
-	status, body := fault.HTTP(err)
-	if status == http.StatusUnauthorized {
+	if fault.HTTPStatus(err) == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Token realm="mmgate"`)
 	}
-	WriteJSON(w, status, body)
-}
-
-// WriteJSON writes v as a JSON answer with status.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	httpapi.WriteError(w, err)
 }
