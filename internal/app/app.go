@@ -228,8 +228,12 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if err := s.startPollers(cfg, sp, log); err != nil {
 		return fail(err)
 	}
+	spoolAt := cfg.SpoolPath()
+	if cfg.Spool.Driver == "postgres" {
+		spoolAt = "postgres (spool.dsn)"
+	}
 	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(cfg.Apps),
-		"spool", cfg.SpoolPath(), "pipe_socket", cfg.PipeSocket(), "postback_mailboxes", len(cfg.Postback.Mailboxes),
+		"spool", spoolAt, "pipe_socket", cfg.PipeSocket(), "postback_mailboxes", len(cfg.Postback.Mailboxes),
 		"imap_mailboxes", len(cfg.IMAP.Mailboxes))
 	return s, nil
 }

@@ -472,14 +472,7 @@ func validateLDAP(l *LDAPConfig, add func(key, format string, a ...any)) {
 	} else if !looksLikeDN(l.BaseDN) {
 		add("directory.ldap.base_dn", "%q is not a DN", l.BaseDN)
 	}
-	if l.BindDN != "" && !l.BindPassword.IsSet() {
-		add("directory.ldap.bind_password", "is required with bind_dn (file:/path or env:NAME)")
-	}
-	if l.BindPassword.IsSet() {
-		if _, err := l.BindPassword.Resolve(); err != nil {
-			add("directory.ldap.bind_password", "%v", err)
-		}
-	}
+	checkSecret(add, "directory.ldap.bind_password", l.BindPassword, l.BindDN != "")
 	if l.CAFile != "" {
 		if _, err := os.Stat(l.CAFile); err != nil {
 			add("directory.ldap.ca_file", "%v", err)

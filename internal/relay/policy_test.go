@@ -9,6 +9,7 @@ import (
 
 	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/fault"
+	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/spool"
 )
 
@@ -162,5 +163,31 @@ func TestPermanentErrorIsQuarantined(t *testing.T) {
 	}
 	if out := failure(errors.New("connection reset")); out.Kind != spool.OutcomeRetry {
 		t.Fatalf("an unknown error must be retried: %+v", out)
+	}
+}
+
+// A copy whose claim holder has not posted yet waits for it rather than
+// ending as a duplicate: the holder may still be quarantined and deleted.
+func TestDuplicateWaitsForAHolderThatHasNotPosted(t *testing.T) {
+	h := newHarness(t)
+	raw := mkMail("held", "x")
+	h.mm.failWith = &mattermost.APIError{Op: "create post", Status: 500}
+	if out := h.handle("h1", "jira-svc@tools.test", []string{"alice@corp.test"}, raw); out.Kind != spool.OutcomeRetry {
+		t.Fatalf("holder with Mattermost failing: %+v", out)
+	}
+	h.mm.failWith = nil
+	out := h.handle("h2", "jira-svc@tools.test", []string{"alice@corp.test"}, raw)
+	if out.Kind != spool.OutcomeRetry || !strings.Contains(out.Reason, "waiting for message h1") {
+		t.Fatalf("copy while the holder has not posted: %+v", out)
+	}
+	if out := h.handle("h1", "jira-svc@tools.test", []string{"alice@corp.test"}, raw); out.Kind != spool.OutcomePosted {
+		t.Fatalf("holder: %+v", out)
+	}
+	out = h.handle("h2", "jira-svc@tools.test", []string{"alice@corp.test"}, raw)
+	if out.Kind != spool.OutcomePosted || out.Code != spool.CodeDuplicate {
+		t.Fatalf("copy after the holder posted: %+v", out)
+	}
+	if len(h.mm.posts) != 1 {
+		t.Fatalf("%d posts, want 1", len(h.mm.posts))
 	}
 }

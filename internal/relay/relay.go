@@ -42,7 +42,7 @@ type Spool interface {
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
 	LedgerDone(ctx context.Context, msgID, dest, part, postID string) error
-	ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error)
+	ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (spool.Claim, error)
 }
 
 // Mattermost is what the relay needs from one bot's REST client.
@@ -271,13 +271,19 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 	posted, dups := 0, []string{}
 	for _, d := range dests {
 		if mailKey != "" {
-			owner, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID)
+			c, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID)
 			if err != nil {
 				return retry(fmt.Errorf("recording the delivery claim: %w", err))
 			}
-			if owner != msg.ID {
-				note("duplicate", "%s already receives this mail (Message-ID <%s>) from message %s: not posted again", d.label, m.MessageID, owner)
-				dups = append(dups, owner)
+			if c.Holder != msg.ID && !c.Delivered {
+				// The copy that holds the claim has not posted here yet, and
+				// may never (a quarantined one can be deleted): wait for it.
+				note("duplicate", "%s: this mail (Message-ID <%s>) is held by message %s (%s), which has not posted it there yet", d.label, m.MessageID, c.Holder, c.HolderState)
+				return retry(fmt.Errorf("waiting for message %s (%s), which holds this mail's delivery to %s: it is posted once that message is posted, released or deleted", c.Holder, c.HolderState, d.label))
+			}
+			if c.Holder != msg.ID {
+				note("duplicate", "%s already receives this mail (Message-ID <%s>) from message %s: not posted again", d.label, m.MessageID, c.Holder)
+				dups = append(dups, c.Holder)
 				continue
 			}
 		}

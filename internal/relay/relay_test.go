@@ -31,14 +31,22 @@ func newFakeSpool() *fakeSpool {
 	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}, claims: map[string]string{}}
 }
 
-func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (string, error) {
+func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spool.Claim, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if owner, ok := s.claims[key+"|"+dest]; ok {
-		return owner, nil
+		c := spool.Claim{Holder: owner, HolderState: spool.StateRetrying}
+		if owner != id {
+			for _, e := range s.ledger {
+				if e.MessageID == owner && e.Dest == dest && e.PostID != "" {
+					c.Delivered, c.HolderState = true, spool.StatePosted
+				}
+			}
+		}
+		return c, nil
 	}
 	s.claims[key+"|"+dest] = id
-	return id, nil
+	return spool.Claim{Holder: id}, nil
 }
 
 func (s *fakeSpool) OpenBody(_ context.Context, id string) (io.ReadCloser, error) {

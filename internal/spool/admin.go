@@ -398,15 +398,32 @@ func (s *Spool) StateSet(ctx context.Context, key, value string) error {
 	return s.withTx(ctx, func(tx txn) error { return sqlStateSet(ctx, tx, key, value, s.now()) })
 }
 
+// Claim answers ClaimDelivery.
+type Claim struct {
+	// Holder is the message that posts the mail to the destination: the
+	// caller itself, or the message that claimed it first.
+	Holder string
+	// Another holder's state, and whether it has posted to the destination
+	// (or is posted): until it has, the mail may still never arrive there
+	// (a quarantined holder can be deleted).
+	HolderState State
+	Delivered   bool
+}
+
 // ClaimDelivery makes msgID the one message that posts the mail identified
 // by mailKey (a hash of its Message-ID) to dest, unless another message
-// already claimed it, and returns the claim's holder: msgID itself, or the
-// message that posts (or posted) the same mail there. A claim lasts as long
+// already claimed it, and says who holds the claim. A claim lasts as long
 // as its message, or Retention after it was made.
-func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (string, error) {
-	owner, err := sqlClaimDelivery(ctx, s.q, mailKey, dest, msgID, s.now())
+func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (Claim, error) {
+	holder, err := sqlClaimDelivery(ctx, s.q, mailKey, dest, msgID, s.now())
 	if err != nil {
-		return "", dbErr(err)
+		return Claim{}, dbErr(err)
 	}
-	return owner, nil
+	c := Claim{Holder: holder}
+	if holder != msgID {
+		if c.HolderState, c.Delivered, err = sqlHolderDelivered(ctx, s.q, holder, dest); err != nil {
+			return Claim{}, dbErr(err)
+		}
+	}
+	return c, nil
 }

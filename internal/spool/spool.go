@@ -363,7 +363,7 @@ func (s *Spool) repair(ctx context.Context) error {
 	defer s.q.rollback(tx)
 	var revived int64
 	if s.q.postgres() {
-		revived, err = sqlReviveOrphanedJobs(ctx, tx, s.now().Add(-replicaDeadAfter))
+		revived, err = sqlReviveOrphanedJobs(ctx, tx, replicaDeadAfter)
 	} else {
 		revived, err = sqlReviveRunningJobs(ctx, tx)
 	}
@@ -405,6 +405,27 @@ func (s *Spool) insertJob(ctx context.Context, tx txn, id string, notBefore time
 	return s.jobs.insert(ctx, tx, deliverArgs{MessageID: id}, opts)
 }
 
+// beat writes this replica's heartbeat and revives the jobs of dead
+// replicas until ctx ends.
+func (s *Spool) beat(ctx context.Context) {
+	defer s.bg.Done()
+	t := time.NewTicker(replicaBeat)
+	defer t.Stop()
+	for beats := 1; ; beats++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("spool: replica heartbeat failed", "err", err)
+		}
+		if beats%2 == 0 {
+			s.reviveDead(ctx)
+		}
+	}
+}
+
 // maintain runs the periodic background work until ctx ends.
 func (s *Spool) maintain(ctx context.Context) {
 	defer s.bg.Done()
@@ -415,25 +436,16 @@ func (s *Spool) maintain(ctx context.Context) {
 	defer purge.Stop()
 	gauge := time.NewTicker(30 * time.Second)
 	defer gauge.Stop()
-	// Replicas on PostgreSQL beat and watch each other.
-	var beat <-chan time.Time
+	// Replicas on PostgreSQL beat and watch each other, on their own: a
+	// long purge or sweep must not delay a beat past replicaDeadAfter.
 	if s.q.postgres() && s.opts.Handler != nil {
-		t := time.NewTicker(replicaBeat)
-		defer t.Stop()
-		beat = t.C
+		s.bg.Add(1)
+		go s.beat(ctx)
 	}
-	beats := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-beat:
-			if err := s.heartbeat(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("spool: replica heartbeat failed", "err", err)
-			}
-			if beats++; beats%2 == 0 {
-				s.reviveDead(ctx)
-			}
 		case <-first.C:
 			s.purgeRetention(ctx)
 			s.sweepOrphans(ctx)

@@ -1,8 +1,9 @@
 package spool
 
-// All of the spool's SQL lives in this file (SQLite dialect, "?" placeholders,
-// times as INTEGER unix microseconds). A PostgreSQL backend reimplements these
-// functions; nothing else in the package builds SQL.
+// The spool's SQL lives in this file (SQLite dialect, "?" placeholders, times
+// as INTEGER unix microseconds); db.go rewrites it for PostgreSQL. The
+// PostgreSQL-only statements (replica heartbeats, the migration lock) are in
+// replica.go and spool.go.
 
 import (
 	"context"
@@ -586,6 +587,19 @@ func sqlClaimDelivery(ctx context.Context, q dbtx, mailKey, dest, msgID string, 
 		ON CONFLICT (mail_key, dest) DO UPDATE SET mail_key = excluded.mail_key
 		RETURNING message_id`, mailKey, dest, msgID, toDB(now)).Scan(&owner)
 	return owner, err
+}
+
+// sqlHolderDelivered reports whether holder is posted or has a post in dest.
+func sqlHolderDelivered(ctx context.Context, q dbtx, holder, dest string) (State, bool, error) {
+	var st string
+	var posted int
+	err := q.QueryRowContext(ctx, `SELECT state, CASE WHEN EXISTS (SELECT 1 FROM ledger l
+		WHERE l.message_id = messages.id AND l.dest = ? AND l.post_id <> '') THEN 1 ELSE 0 END
+		FROM messages WHERE id = ?`, dest, holder).Scan(&st, &posted)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, nil
+	}
+	return State(st), State(st) == StatePosted || posted == 1, err
 }
 
 func sqlPurgeClaims(ctx context.Context, q dbtx, cutoff time.Time) (int64, error) {

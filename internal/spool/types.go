@@ -46,7 +46,7 @@ type Message struct {
 	Size       int64 // raw size in bytes
 	State      State
 	App        string    // app decided by the relay (or Envelope.App)
-	Subject    string    // set by the relay after parsing (SetInfo)
+	Subject    string    // set by the relay after parsing (Outcome.Info)
 	MessageID  string    // RFC 5322 Message-ID, set by the relay
 	Attempt    int       // delivery attempts so far
 	NextTry    time.Time // for retrying

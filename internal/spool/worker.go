@@ -78,18 +78,25 @@ func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error 
 }
 
 // claim counts the attempt if jobID still owns a queued/retrying message,
-// and records it: two statements, no transaction (the count and the event
-// need not be atomic; the count is what the retry logic reads).
+// and records it in the history, in one transaction (one commit).
 func (s *Spool) claim(ctx context.Context, id string, jobID int64) (msgRow, bool, error) {
 	now := s.now()
-	r, err := sqlClaim(ctx, s.q, id, jobID, now)
-	if errors.Is(err, sql.ErrNoRows) {
-		return msgRow{}, false, nil
-	}
-	if err != nil {
-		return msgRow{}, false, err
-	}
-	if _, err := sqlAddEvent(ctx, s.q, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt)); err != nil {
+	var r msgRow
+	owned := false
+	err := s.withTx(ctx, func(tx txn) error {
+		var err error
+		r, err = sqlClaim(ctx, tx, id, jobID, now)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		owned = true
+		_, err = sqlAddEvent(ctx, tx, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt))
+		return err
+	})
+	if err != nil || !owned {
 		return msgRow{}, false, err
 	}
 	return r, true, nil

@@ -896,14 +896,15 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	b := accept(t, s, body(200))
 	waitState(t, s, a, spool.StateQuarantined)
 	waitState(t, s, b, spool.StatePosted)
-	claim := func(dest, id string) string {
+	claims := func(dest, id string) spool.Claim {
 		t.Helper()
-		owner, err := s.ClaimDelivery(ctx, "mail-1", dest, id)
+		c, err := s.ClaimDelivery(ctx, "mail-1", dest, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return owner
+		return c
 	}
+	claim := func(dest, id string) string { t.Helper(); return claims(dest, id).Holder }
 	if got := claim("dm:alice", a); got != a {
 		t.Fatalf("first claim: holder %s, want %s", got, a)
 	}
@@ -915,6 +916,13 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	}
 	if got := claim("dm:bob", b); got != b {
 		t.Fatalf("another destination: holder %s, want %s", got, b)
+	}
+	// A quarantined holder without a post there has not delivered; a posted one has.
+	if c := claims("dm:alice", b); c.Delivered || c.HolderState != spool.StateQuarantined {
+		t.Fatalf("claim held by the quarantined %s: %+v, want not delivered", a, c)
+	}
+	if c := claims("dm:bob", a); c.Holder != b || !c.Delivered || c.HolderState != spool.StatePosted {
+		t.Fatalf("claim held by the posted %s: %+v, want delivered", b, c)
 	}
 	// Deleting the holder (an operator's quarantine delete) frees its claims.
 	if _, err := s.ClaimDelivery(ctx, "mail-1", "dm:carol", a); err != nil {
