@@ -3,6 +3,7 @@ package route
 import (
 	"fmt"
 	"mime"
+	"net/mail"
 	"strings"
 )
 
@@ -20,8 +21,9 @@ const (
 	KindLoop      Kind = "loop"       // mail mmgate generated, or that went round too often
 )
 
-// LoopHeader is the header every mail mmgate sends carries; mail that comes
-// back with it is never posted.
+// LoopHeader marks mail that mmgate generated: mail that comes back with it
+// is never posted. mmgate sends no mail today; whatever sends mail on its
+// behalf (a reply or notification feature) must set this header.
 const LoopHeader = "X-Mmgate-Loop"
 
 // maxHops is how many Received headers a message may carry before it is
@@ -117,6 +119,9 @@ func autoReplySubject(subject string) string {
 }
 
 func firstAddr(s string) string {
+	if l, err := mail.ParseAddressList(s); err == nil && len(l) > 0 {
+		return l[0].Address
+	}
 	if i := strings.IndexByte(s, ','); i >= 0 {
 		s = s[:i]
 	}

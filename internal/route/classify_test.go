@@ -65,3 +65,12 @@ func TestClassify(t *testing.T) {
 		})
 	}
 }
+
+// The reason names the bounce's sender even when its display name has a comma.
+func TestBounceReasonNamesTheSender(t *testing.T) {
+	kind, why := Classify(ClassifyInput{Sender: "", Subject: "failure notice",
+		Header: map[string][]string{"From": {`"Mail Delivery, System" <MAILER-DAEMON@mx.corp.test>`}}})
+	if kind != KindBounce || !strings.Contains(why, "mailer-daemon@mx.corp.test") {
+		t.Errorf("%s: %q", kind, why)
+	}
+}
