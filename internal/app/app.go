@@ -28,6 +28,7 @@ import (
 	"github.com/mmgate/mmgate/internal/relay"
 	"github.com/mmgate/mmgate/internal/route"
 	"github.com/mmgate/mmgate/internal/spool"
+	"github.com/mmgate/mmgate/internal/sso"
 )
 
 // NewLogger builds the process logger from the config.
@@ -95,6 +96,8 @@ type Server struct {
 	// stopIntakes ends the pollers (IMAP); pollers is their count.
 	stopIntakes context.CancelFunc
 	pollers     sync.WaitGroup
+	ssoStore    *sso.Store
+	stopSSO     context.CancelFunc
 }
 
 // SMTPAddr is the SMTP listener's address (useful with port 0).
@@ -185,6 +188,16 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if err != nil {
 		return fail(err)
 	}
+	ssoRoutes, err := s.startSSO(ctx, cfg, log.With("component", "sso"))
+	if err != nil {
+		return fail(fmt.Errorf("sso: %w", err))
+	}
+	if routes == nil {
+		routes = map[string]http.Handler{}
+	}
+	for k, v := range ssoRoutes {
+		routes[k] = v
+	}
 	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("http.listen: %w", err))
@@ -256,6 +269,12 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.stopIntakes != nil {
 		s.stopIntakes()
 		s.pollers.Wait()
+	}
+	if s.stopSSO != nil {
+		s.stopSSO()
+	}
+	if s.ssoStore != nil {
+		_ = s.ssoStore.Close()
 	}
 	if s.spool != nil {
 		if err := s.spool.Stop(ctx); err != nil {

@@ -41,6 +41,7 @@ type Config struct {
 	Pipe       PipeConfig       `koanf:"pipe"`
 	Postback   PostbackConfig   `koanf:"postback"`
 	IMAP       IMAPConfig       `koanf:"imap"`
+	SSO        SSOConfig        `koanf:"sso"`
 }
 
 // PipeConfig configures the local socket through which `mmgate deliver`
@@ -123,6 +124,70 @@ type IMAPMailbox struct {
 	// refresh (default 1m).
 	PollInterval    time.Duration `koanf:"poll_interval"`
 	MailboxDefaults `koanf:",squash"`
+}
+
+// SSOConfig is the sign-in bridge: an OAuth2 provider shaped like GitLab's
+// (so that Mattermost Team Edition signs people in through it) and a
+// standard OpenID Connect provider, in front of LDAP or the organisation's
+// own OIDC/OAuth2 platform.
+type SSOConfig struct {
+	Enabled bool `koanf:"enabled"`
+	// Issuer is mmgate's public URL as browsers and Mattermost reach it
+	// (https://sso.corp.example); the OAuth endpoints hang under it.
+	Issuer string `koanf:"issuer"`
+	// Organization and LogoURL brand the sign-in page.
+	Organization string `koanf:"organization"`
+	LogoURL      string `koanf:"logo_url"`
+	// Upstream is where people prove who they are: "ldap" (the
+	// directory.ldap servers, a password on mmgate's page) or "oidc".
+	Upstream string        `koanf:"upstream"`
+	LDAP     SSOLDAPConfig `koanf:"ldap"`
+	OIDC     SSOOIDCConfig `koanf:"oidc"`
+	// Clients are the applications allowed to sign people in (Mattermost).
+	Clients []SSOClient `koanf:"clients"`
+	// SessionTTL is how long mmgate's own sign-in lasts (default 12h).
+	SessionTTL time.Duration `koanf:"session_ttl"`
+	// CodeTTL is an authorization code's life (default 1m, at most 10m).
+	CodeTTL time.Duration `koanf:"code_ttl"`
+	// TokenTTL is an access token's life (default 1h).
+	TokenTTL time.Duration `koanf:"token_ttl"`
+	// LoginAttempts is how many failed passwords one username, or one client
+	// address, may try per minute before getting 429 (default 5 per
+	// username, 4× that per address).
+	LoginAttempts int `koanf:"login_attempts"`
+}
+
+// SSOLDAPConfig says how a password is checked against directory.ldap.
+type SSOLDAPConfig struct {
+	// LoginAttributes are matched against what the person types (default:
+	// uid and mail; sAMAccountName, userPrincipalName and mail on AD).
+	LoginAttributes []string `koanf:"login_attributes"`
+	// UsernameAttribute is the Mattermost username (default uid;
+	// sAMAccountName on AD).
+	UsernameAttribute string `koanf:"username_attribute"`
+}
+
+// SSOOIDCConfig is the organisation's OIDC (or OAuth2 with a userinfo
+// endpoint) provider.
+type SSOOIDCConfig struct {
+	Issuer       string   `koanf:"issuer"`
+	ClientID     string   `koanf:"client_id"`
+	ClientSecret Secret   `koanf:"client_secret"`
+	Scopes       []string `koanf:"scopes"` // default openid profile email
+	// Claims that hold the username, email and display name (defaults
+	// preferred_username, email, name).
+	UsernameClaim string `koanf:"username_claim"`
+	EmailClaim    string `koanf:"email_claim"`
+	NameClaim     string `koanf:"name_claim"`
+}
+
+// SSOClient is one application that signs people in through mmgate.
+type SSOClient struct {
+	ID     string `koanf:"id"`
+	Secret Secret `koanf:"secret"`
+	// RedirectURIs must match exactly
+	// (https://mattermost.corp.example/signup/gitlab/complete).
+	RedirectURIs []string `koanf:"redirect_uris"`
 }
 
 // LogConfig selects the log level and format.

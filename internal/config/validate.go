@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/mail"
+	"net/url"
 	"os"
 	"regexp"
 	"sort"
@@ -159,6 +160,7 @@ func (c Config) Validate() error {
 	case !c.Directory.MattermostLookup:
 		add("directory", "set directory.file, directory.ldap or directory.mattermost_lookup: true, or no recipient can be resolved")
 	}
+	c.validateSSO(add)
 	groups := map[string]string{"directory.deny_group": c.Directory.DenyGroup}
 	for name, a := range c.Apps {
 		groups["apps."+name+".allow_group"] = a.AllowGroup
@@ -499,4 +501,63 @@ func validateLDAP(l *LDAPConfig, add func(key, format string, a ...any)) {
 func looksLikeDN(s string) bool {
 	t, v, ok := strings.Cut(s, "=")
 	return ok && strings.TrimSpace(t) != "" && strings.TrimSpace(v) != ""
+}
+
+// validateSSO checks the sign-in bridge.
+func (c Config) validateSSO(add func(string, string, ...any)) {
+	s := c.SSO
+	if !s.Enabled {
+		return
+	}
+	if u, err := url.Parse(s.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		add("sso.issuer", "must be mmgate's public URL, e.g. https://sso.corp.example, got %q", s.Issuer)
+	} else if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+		add("sso.issuer", "must have no path (%q): serve mmgate at the root of its own host name", s.Issuer)
+	}
+	switch s.Upstream {
+	case "ldap":
+		if c.Directory.LDAP == nil {
+			add("sso.upstream", "ldap needs directory.ldap (the servers passwords are checked against)")
+		}
+	case "oidc":
+		o := s.OIDC
+		if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("sso.oidc.issuer", "must be the platform's issuer URL (its /.well-known/openid-configuration is read), got %q", o.Issuer)
+		}
+		if o.ClientID == "" {
+			add("sso.oidc.client_id", "is required: register mmgate at the platform with the redirect URI %s/sso/upstream/callback", strings.TrimRight(s.Issuer, "/"))
+		}
+		checkSecret(add, "sso.oidc.client_secret", o.ClientSecret, true)
+	default:
+		add("sso.upstream", "must be ldap or oidc, not %q", s.Upstream)
+	}
+	if len(s.Clients) == 0 {
+		add("sso.clients", "register at least one client (Mattermost: redirect URI SITE_URL/signup/gitlab/complete)")
+	}
+	seen := map[string]bool{}
+	for i, cl := range s.Clients {
+		p := fmt.Sprintf("sso.clients[%d]", i)
+		if cl.ID == "" {
+			add(p+".id", "is required")
+		} else if seen[cl.ID] {
+			add(p+".id", "%q is registered twice", cl.ID)
+		}
+		seen[cl.ID] = true
+		checkSecret(add, p+".secret", cl.Secret, true)
+		if len(cl.RedirectURIs) == 0 {
+			add(p+".redirect_uris", "list the exact redirect URIs (Mattermost: SITE_URL/signup/gitlab/complete)")
+		}
+		for j, r := range cl.RedirectURIs {
+			u, err := url.Parse(r)
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Fragment != "" || strings.ContainsAny(r, "*") {
+				add(fmt.Sprintf("%s.redirect_uris[%d]", p, j), "%q must be an absolute http(s) URL without wildcards or fragment", r)
+			}
+		}
+	}
+	if s.CodeTTL < 0 || s.CodeTTL > 10*time.Minute {
+		add("sso.code_ttl", "must be between 0 (default 1m) and 10m (RFC 6749 §4.1.2)")
+	}
+	if s.SessionTTL < 0 || s.TokenTTL < 0 || s.LoginAttempts < 0 {
+		add("sso", "session_ttl, token_ttl and login_attempts must not be negative")
+	}
 }

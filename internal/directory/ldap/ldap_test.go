@@ -278,3 +278,50 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthenticateByUsernameOrEmail(t *testing.T) {
+	s := startSlapd(t, false)
+	c := s.admin()
+	s.seedBase(c)
+	dn := "uid=alice,ou=people," + base
+	s.add(c, dn, map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {"alice"}, "cn": {"alice"}, "sn": {"Smith"},
+		"displayName": {"Alice Smith"}, "mail": {"Alice@Corp.test"}, "userPassword": {"pa55word"}})
+	s.add(c, "uid=twin,ou=people,"+base, map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {"twin"}, "cn": {"t"}, "sn": {"t"},
+		"mail": {"twin@corp.test"}, "userPassword": {"twinpass"}})
+	s.add(c, "uid=twin2,ou=people,"+base, map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {"twin2"}, "cn": {"t"}, "sn": {"t"},
+		"mail": {"twin@corp.test"}, "userPassword": {"twinpass"}})
+	c.Close()
+	d := newDir(t, Config{URLs: []string{s.url()}, BindDN: adminDN, BindPassword: adminPW})
+	ctx := context.Background()
+	var first Account
+	for _, login := range []string{"alice", "alice@corp.test", " ALICE "} {
+		a, err := d.Authenticate(ctx, login, "pa55word", AuthOptions{})
+		if err != nil {
+			t.Fatalf("%q: %v", login, err)
+		}
+		if a.Username != "alice" || a.Email != "alice@corp.test" || a.DisplayName != "Alice Smith" || a.ID == "" || !strings.EqualFold(a.DN, dn) {
+			t.Errorf("%q: %+v", login, a)
+		}
+		if first.ID != "" && a.ID != first.ID {
+			t.Errorf("entryUUID changed between sign-ins: %s then %s", first.ID, a.ID)
+		}
+		first = a
+	}
+	for _, bad := range []struct{ login, pw string }{
+		{"alice", "wrong"}, {"alice", ""}, {"nobody", "pa55word"}, {"", "x"},
+		{"*", "pa55word"}, {"twin@corp.test", "twinpass"}, // a filter wildcard is escaped; an address two people share signs nobody in
+	} {
+		if _, err := d.Authenticate(ctx, bad.login, bad.pw, AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
+			t.Errorf("%q/%q: %v, want ErrBadCredentials", bad.login, bad.pw, err)
+		}
+	}
+	// The pooled connections stay bound as the service account: a lookup
+	// after a person's bind still sees what the admin sees.
+	if _, err := d.Lookup(ctx, "alice@corp.test"); err != nil {
+		t.Errorf("lookup after a person's sign-in: %v", err)
+	}
+	s.stop()
+	if _, err := d.Authenticate(ctx, "alice", "pa55word", AuthOptions{}); err == nil || errors.Is(err, ErrBadCredentials) {
+		t.Errorf("directory down: %v, want a temporary error that is not ErrBadCredentials", err)
+	}
+}

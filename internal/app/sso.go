@@ -1,0 +1,118 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/mmgate/mmgate/internal/config"
+	ldapdir "github.com/mmgate/mmgate/internal/directory/ldap"
+	"github.com/mmgate/mmgate/internal/sso"
+)
+
+// ldapPasswords checks sign-in passwords against the LDAP directory.
+type ldapPasswords struct {
+	d    *ldapdir.Directory
+	opts ldapdir.AuthOptions
+}
+
+func (l ldapPasswords) CheckPassword(ctx context.Context, login, password string) (sso.Profile, error) {
+	a, err := l.d.Authenticate(ctx, login, password, l.opts)
+	if errors.Is(err, ldapdir.ErrBadCredentials) {
+		return sso.Profile{}, sso.ErrBadCredentials
+	}
+	if err != nil {
+		return sso.Profile{}, err
+	}
+	if a.Email == "" {
+		// Mattermost refuses a GitLab user without an email.
+		return sso.Profile{}, fmt.Errorf("the LDAP entry %s has no email address, which Mattermost needs", a.DN)
+	}
+	return sso.Profile{Subject: "ldap:" + a.ID, Username: a.Username, Email: a.Email, Name: a.DisplayName}, nil
+}
+
+// OpenSSOStore opens the sign-in bridge's store: beside the spool (its own
+// SQLite file, or the spool's PostgreSQL database).
+func OpenSSOStore(ctx context.Context, cfg config.Config) (*sso.Store, error) {
+	if cfg.Spool.Driver == "postgres" {
+		dsn, err := cfg.Spool.DSN.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("spool.dsn: %w", err)
+		}
+		return sso.OpenPostgres(ctx, dsn)
+	}
+	return sso.OpenSQLite(ctx, filepath.Join(filepath.Dir(cfg.SpoolPath()), "sso.db"))
+}
+
+// startSSO builds the sign-in bridge's routes (nil when it is off).
+func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logger) (map[string]http.Handler, error) {
+	c := cfg.SSO
+	if !c.Enabled {
+		return nil, nil
+	}
+	st, err := OpenSSOStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.ssoStore = st
+	o := sso.Options{Issuer: c.Issuer, Organization: c.Organization, LogoURL: c.LogoURL, Store: st,
+		SessionTTL: c.SessionTTL, CodeTTL: c.CodeTTL, TokenTTL: c.TokenTTL, LoginAttempts: c.LoginAttempts,
+		Logger: log}
+	for i, cl := range c.Clients {
+		secret, err := cl.Secret.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("sso.clients[%d].secret: %w", i, err)
+		}
+		o.Clients = append(o.Clients, sso.ClientConfig{ID: cl.ID, Secret: secret, RedirectURIs: cl.RedirectURIs})
+	}
+	switch c.Upstream {
+	case "ldap":
+		d, err := OpenDirectory(cfg)
+		if err != nil {
+			return nil, err
+		}
+		ld, ok := d.(*ldapdir.Directory)
+		if !ok {
+			return nil, errors.New("sso.upstream ldap needs directory.ldap")
+		}
+		o.Passwords = ldapPasswords{d: ld, opts: ldapdir.AuthOptions{LoginAttributes: c.LDAP.LoginAttributes,
+			UsernameAttribute: c.LDAP.UsernameAttribute}}
+	case "oidc":
+		secret, err := c.OIDC.ClientSecret.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("sso.oidc.client_secret: %w", err)
+		}
+		up, err := sso.NewOIDCUpstream(ctx, sso.OIDCUpstreamConfig{Issuer: c.OIDC.Issuer, ClientID: c.OIDC.ClientID,
+			ClientSecret: secret, RedirectURI: c.Issuer + "/sso/upstream/callback", Scopes: c.OIDC.Scopes,
+			Claims: sso.ClaimNames{Username: c.OIDC.UsernameClaim, Email: c.OIDC.EmailClaim, Name: c.OIDC.NameClaim}})
+		if err != nil {
+			return nil, err
+		}
+		o.Upstream = up
+	}
+	b, err := sso.New(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	s.stopSSO = cancel
+	go func() {
+		t := time.NewTicker(10 * time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+				if err := b.Purge(pctx); err != nil {
+					log.Warn("sso: purging expired sign-ins", "err", err)
+				}
+			}
+		}
+	}()
+	return b.Routes(), nil
+}

@@ -1,0 +1,545 @@
+// Package sso owns the sign-in bridge: an OAuth2 provider shaped like
+// GitLab's (/oauth/authorize, /oauth/token, /api/v4/user), so that
+// Mattermost Team Edition signs people in with the organisation's own
+// accounts, and the standard OpenID Connect endpoints (discovery, JWKS,
+// userinfo) for other applications, served by zitadel/oidc's op package.
+//
+// People prove who they are upstream: a password checked by the directory
+// on mmgate's own sign-in page (PasswordChecker), or the organisation's
+// OIDC/OAuth2 platform (Redirector). The bridge keeps its own session
+// cookie, so that a second sign-in needs no password, and gives every person
+// a numeric id that never changes (Store), whatever happens to their
+// username or email.
+//
+// It never logs a password, a code, a token or a cookie, and stores codes,
+// tokens and cookies only as hashes.
+package sso
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+	"golang.org/x/time/rate"
+)
+
+// Profile is what an upstream says about a person.
+type Profile struct {
+	// Subject is the upstream's permanent identifier, prefixed with the
+	// upstream ("ldap:<entryUUID>", "oidc:<issuer>#<sub>").
+	Subject  string
+	Username string
+	Email    string
+	Name     string
+}
+
+// ErrBadCredentials is a wrong login or password.
+var ErrBadCredentials = errors.New("wrong username or password")
+
+// PasswordChecker checks a login and password (the LDAP upstream).
+// ErrBadCredentials for a wrong one; any other error means the upstream
+// could not answer.
+type PasswordChecker interface {
+	CheckPassword(ctx context.Context, login, password string) (Profile, error)
+}
+
+// Redirector signs people in at another provider (the OIDC upstream).
+type Redirector interface {
+	// AuthURL is where the browser is sent; state comes back to
+	// /sso/upstream/callback.
+	AuthURL(state string) string
+	// Exchange turns the callback's code into a profile.
+	Exchange(ctx context.Context, code, state string) (Profile, error)
+}
+
+// ClientConfig registers an application.
+type ClientConfig struct {
+	ID           string
+	Secret       string
+	RedirectURIs []string
+}
+
+// Options configure the bridge.
+type Options struct {
+	// Issuer is mmgate's public URL (no path).
+	Issuer       string
+	Organization string
+	LogoURL      string
+	Store        *Store
+	Clients      []ClientConfig
+	// Exactly one of Passwords and Upstream.
+	Passwords PasswordChecker
+	Upstream  Redirector
+	// Defaults: 12h, 1m, 1h, 5.
+	SessionTTL    time.Duration
+	CodeTTL       time.Duration
+	TokenTTL      time.Duration
+	LoginAttempts int
+	Logger        *slog.Logger
+}
+
+// Bridge is the sign-in bridge.
+type Bridge struct {
+	o        Options
+	st       *Store
+	provider *op.Provider
+	secure   bool
+	limits   *limiter
+	log      *slog.Logger
+}
+
+// Cookie names.
+const (
+	sessionCookie  = "mmgate_session"
+	csrfCookie     = "mmgate_csrf"
+	upstreamCookie = "mmgate_upstream"
+)
+
+// New builds the bridge; it reads (or creates) the shared keys in the store.
+func New(ctx context.Context, o Options) (*Bridge, error) {
+	if (o.Passwords == nil) == (o.Upstream == nil) {
+		return nil, errors.New("sso: configure exactly one upstream")
+	}
+	o.Issuer = strings.TrimRight(o.Issuer, "/")
+	if o.SessionTTL <= 0 {
+		o.SessionTTL = 12 * time.Hour
+	}
+	if o.CodeTTL <= 0 {
+		o.CodeTTL = time.Minute
+	}
+	if o.TokenTTL <= 0 {
+		o.TokenTTL = time.Hour
+	}
+	if o.LoginAttempts <= 0 {
+		o.LoginAttempts = 5
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Organization == "" {
+		o.Organization = "your organisation"
+	}
+	key, err := loadCryptoKey(ctx, o.Store)
+	if err != nil {
+		return nil, err
+	}
+	signing, err := loadSigningKey(ctx, o.Store)
+	if err != nil {
+		return nil, err
+	}
+	st := &storage{st: o.Store, clients: map[string]*Client{}, codeTTL: o.CodeTTL, reqTTL: 30 * time.Minute,
+		tokTTL: o.TokenTTL, signing: signing}
+	for _, c := range o.Clients {
+		st.clients[c.ID] = &Client{id: c.ID, secret: c.Secret, redirect: c.RedirectURIs, loginURL: o.Issuer + "/sso/login"}
+	}
+	cfg := &op.Config{CryptoKey: key, CodeMethodS256: true, AuthMethodPost: true,
+		SupportedScopes: []string{oidc.ScopeOpenID, oidc.ScopeProfile, oidc.ScopeEmail, gitlabScope}}
+	opts := []op.Option{
+		op.WithCustomAuthEndpoint(op.NewEndpoint("oauth/authorize")),
+		op.WithCustomTokenEndpoint(op.NewEndpoint("oauth/token")),
+		op.WithCustomUserinfoEndpoint(op.NewEndpoint("oauth/userinfo")),
+		op.WithCustomKeysEndpoint(op.NewEndpoint("oauth/discovery/keys")),
+		op.WithCustomRevocationEndpoint(op.NewEndpoint("oauth/revoke")),
+		op.WithCustomIntrospectionEndpoint(op.NewEndpoint("oauth/introspect")),
+		op.WithCustomEndSessionEndpoint(op.NewEndpoint("oauth/logout")),
+		op.WithLogger(o.Logger.With("component", "sso")),
+	}
+	secure := strings.HasPrefix(o.Issuer, "https://")
+	if !secure {
+		opts = append(opts, op.WithAllowInsecure())
+	}
+	p, err := op.NewProvider(cfg, st, op.StaticIssuer(o.Issuer), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("sso: %w", err)
+	}
+	return &Bridge{o: o, st: o.Store, provider: p, secure: secure, limits: newLimiter(o.LoginAttempts), log: o.Logger}, nil
+}
+
+// Routes are the bridge's endpoints by ServeMux pattern.
+func (b *Bridge) Routes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"/oauth/":                               http.HandlerFunc(b.oauth),
+		"GET /.well-known/openid-configuration": b.provider,
+		"GET /api/v4/user":                      http.HandlerFunc(b.gitlabUser),
+		"GET /sso/login":                        http.HandlerFunc(b.loginPage),
+		"POST /sso/login":                       http.HandlerFunc(b.loginSubmit),
+		"GET /sso/upstream/callback":            http.HandlerFunc(b.upstreamCallback),
+		"GET /sso/logout":                       http.HandlerFunc(b.logoutPage),
+		"POST /sso/logout":                      http.HandlerFunc(b.logoutSubmit),
+	}
+}
+
+// Purge deletes expired rows; run it now and then.
+func (b *Bridge) Purge(ctx context.Context) error { return b.st.Purge(ctx) }
+
+// oauth hands /oauth/* to the provider. An authorization request without a
+// scope gets read_user, as GitLab does: Mattermost sends no scope unless
+// GitLabSettings.Scope is set (and must not send openid there, which would
+// switch it to its paid OpenID provider).
+func (b *Bridge) oauth(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/oauth/authorize" && r.Method == http.MethodGet {
+		q := r.URL.Query()
+		if strings.TrimSpace(q.Get("scope")) == "" {
+			q.Set("scope", gitlabScope)
+			r2 := r.Clone(r.Context())
+			r2.URL.RawQuery = q.Encode()
+			r = r2
+		}
+	}
+	b.provider.ServeHTTP(w, r)
+}
+
+// gitlabUser is GitLab's GET /api/v4/user as Mattermost reads it: a
+// numeric, non-zero, stable id, username, email and name.
+func (b *Bridge) gitlabUser(w http.ResponseWriter, r *http.Request) {
+	fail := func(status int, code, msg string) {
+		w.Header().Set("Content-Type", "application/json")
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mmgate", error="invalid_token"`)
+		}
+		w.WriteHeader(status)
+		_, _ = fmt.Fprintf(w, `{"message":%q,"error":%q}`+"\n", msg, code)
+	}
+	auth := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
+		fail(http.StatusUnauthorized, "invalid_token", "401 Unauthorized: send Authorization: Bearer <access token>")
+		return
+	}
+	plain, err := b.provider.Crypto().Decrypt(strings.TrimSpace(tok))
+	if err != nil {
+		fail(http.StatusUnauthorized, "invalid_token", "401 Unauthorized: the access token is not valid")
+		return
+	}
+	tokenID, subject, _ := strings.Cut(plain, ":")
+	t, err := b.st.Token(r.Context(), tokenID)
+	if errors.Is(err, ErrNotFound) || (err == nil && strconv.FormatInt(t.Identity, 10) != subject) {
+		fail(http.StatusUnauthorized, "invalid_token", "401 Unauthorized: the access token is unknown, revoked or expired")
+		return
+	}
+	if err != nil {
+		b.log.Error("sso: reading a token", "err", err)
+		fail(http.StatusServiceUnavailable, "unavailable", "the sign-in store cannot be read; try again")
+		return
+	}
+	p, err := b.st.IdentityByID(r.Context(), t.Identity)
+	if err != nil {
+		b.log.Error("sso: reading an identity", "id", t.Identity, "err", err)
+		fail(http.StatusServiceUnavailable, "unavailable", "the sign-in store cannot be read; try again")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = jsonEncode(w, map[string]any{
+		"id": p.ID, "username": p.Username, "email": p.Email, "name": p.Name,
+		"state": "active", "login": p.Username,
+	})
+}
+
+// ------------------------------------------------------------ sign-in
+
+func (b *Bridge) callbackURL(id string) string {
+	return b.o.Issuer + "/oauth/authorize/callback?id=" + url.QueryEscape(id)
+}
+
+// finish records that p signed in for request req, starts (or keeps) the
+// session and sends the browser on to the provider's callback, which
+// redirects to the client with a code.
+func (b *Bridge) finish(w http.ResponseWriter, r *http.Request, req *AuthRequest, p Profile, amr string) {
+	ident, err := b.st.Upsert(r.Context(), Identity{Subject: p.Subject, Username: p.Username, Email: p.Email, Name: p.Name})
+	if err != nil {
+		b.log.Error("sso: recording a sign-in", "err", err)
+		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in failed on our side. Try again in a minute."})
+		return
+	}
+	now := time.Now()
+	cookie := newID()
+	if err := b.st.SaveSession(r.Context(), cookie, ident.ID, now, b.o.SessionTTL); err != nil {
+		b.log.Error("sso: recording a session", "err", err)
+		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in failed on our side. Try again in a minute."})
+		return
+	}
+	b.setCookie(w, sessionCookie, cookie, "/", b.o.SessionTTL)
+	b.complete(w, r, req, ident.ID, now, amr)
+	b.log.Info("sso: signed in", "id", ident.ID, "username", ident.Username, "client", req.ClientID, "method", amr)
+}
+
+func (b *Bridge) complete(w http.ResponseWriter, r *http.Request, req *AuthRequest, identity int64, at time.Time, amr string) {
+	if err := b.st.CompleteRequest(r.Context(), req.ID, identity, at, []string{amr}); err != nil {
+		b.expired(w, r)
+		return
+	}
+	http.Redirect(w, r, b.callbackURL(req.ID), http.StatusSeeOther)
+}
+
+func (b *Bridge) expired(w http.ResponseWriter, r *http.Request) {
+	b.page(w, r, http.StatusBadRequest, pageData{Notice: "This sign-in link has expired or was already used. " +
+		"Go back to the application and choose sign in again."})
+}
+
+// request reads the authorization request the page is for.
+func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *AuthRequest {
+	if id == "" {
+		b.page(w, r, http.StatusBadRequest, pageData{Notice: "Start from the application you want to use (Mattermost): " +
+			"its sign-in button brings you here."})
+		return nil
+	}
+	req, err := b.st.Request(r.Context(), id)
+	if errors.Is(err, ErrNotFound) || (err == nil && req.Done()) {
+		b.expired(w, r)
+		return nil
+	}
+	if err != nil {
+		b.log.Error("sso: reading a sign-in request", "err", err)
+		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in is not possible right now. Try again in a minute."})
+		return nil
+	}
+	return req
+}
+
+// session returns the signed-in identity, or 0.
+func (b *Bridge) session(r *http.Request) (int64, time.Time) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" {
+		return 0, time.Time{}
+	}
+	id, at, err := b.st.Session(r.Context(), c.Value)
+	if err != nil {
+		return 0, time.Time{}
+	}
+	return id, at
+}
+
+func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
+	req := b.request(w, r, r.URL.Query().Get("id"))
+	if req == nil {
+		return
+	}
+	if id, at := b.session(r); id != 0 && !req.forcesLogin() &&
+		(req.MaxAge == nil || time.Since(at) <= time.Duration(*req.MaxAge)*time.Second) {
+		b.complete(w, r, req, id, at, "session")
+		return
+	}
+	if contains(req.Prompt, oidc.PromptNone) {
+		u, _ := url.Parse(req.RedirectURI)
+		q := u.Query()
+		q.Set("error", "login_required")
+		q.Set("state", req.State)
+		u.RawQuery = q.Encode()
+		http.Redirect(w, r, u.String(), http.StatusFound)
+		return
+	}
+	if b.o.Upstream != nil {
+		state := newID()
+		if err := b.st.SetUpstreamState(r.Context(), req.ID, state); err != nil {
+			b.expired(w, r)
+			return
+		}
+		b.setCookie(w, upstreamCookie, state, "/sso/upstream/", 15*time.Minute)
+		http.Redirect(w, r, b.o.Upstream.AuthURL(state), http.StatusFound)
+		return
+	}
+	b.form(w, r, http.StatusOK, req, req.LoginHint, "")
+}
+
+// form renders the password page with a fresh CSRF token.
+func (b *Bridge) form(w http.ResponseWriter, r *http.Request, status int, req *AuthRequest, login, errMsg string) {
+	csrf := newID()
+	b.setCookie(w, csrfCookie, csrf, "/sso/", time.Hour)
+	b.page(w, r, status, pageData{Form: true, RequestID: req.ID, CSRF: csrf, Login: login, Error: errMsg})
+}
+
+func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	if err := r.ParseForm(); err != nil {
+		b.page(w, r, http.StatusBadRequest, pageData{Notice: "The form could not be read. Go back and try again."})
+		return
+	}
+	req := b.request(w, r, r.PostForm.Get("id"))
+	if req == nil {
+		return
+	}
+	c, err := r.Cookie(csrfCookie)
+	if err != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
+		b.form(w, r, http.StatusForbidden, req, "", "This form expired or was not sent from this page. Enter your password again.")
+		return
+	}
+	login, password := strings.TrimSpace(r.PostForm.Get("login")), r.PostForm.Get("password")
+	if login == "" || password == "" {
+		b.form(w, r, http.StatusBadRequest, req, login, "Enter your username or email and your password.")
+		return
+	}
+	if wait := b.limits.take(clientIP(r), strings.ToLower(login)); wait > 0 {
+		secs := int(wait.Seconds() + 0.999)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		b.log.Warn("sso: sign-in attempts limited", "login", login, "ip", clientIP(r))
+		b.form(w, r, http.StatusTooManyRequests, req, login,
+			fmt.Sprintf("Too many sign-in attempts. Wait %d seconds, then try again.", secs))
+		return
+	}
+	p, err := b.o.Passwords.CheckPassword(r.Context(), login, password)
+	switch {
+	case errors.Is(err, ErrBadCredentials):
+		b.log.Info("sso: wrong password", "login", login, "ip", clientIP(r))
+		b.form(w, r, http.StatusUnauthorized, req, login, "Wrong username or password.")
+		return
+	case err != nil:
+		b.log.Error("sso: the directory did not answer", "err", err)
+		b.form(w, r, http.StatusServiceUnavailable, req, login,
+			"The directory cannot be reached right now, so your password cannot be checked. Try again in a minute.")
+		return
+	}
+	b.finish(w, r, req, p, "pwd")
+}
+
+func (b *Bridge) upstreamCallback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	state := q.Get("state")
+	c, err := r.Cookie(upstreamCookie)
+	if state == "" || err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(state)) != 1 {
+		b.page(w, r, http.StatusBadRequest, pageData{Notice: "This answer from the sign-in service does not belong to a sign-in " +
+			"started in this browser. Go back to the application and choose sign in again."})
+		return
+	}
+	req, err := b.st.RequestByUpstreamState(r.Context(), state)
+	if err != nil || req.Done() {
+		b.expired(w, r)
+		return
+	}
+	b.setCookie(w, upstreamCookie, "", "/sso/upstream/", -1)
+	if e := q.Get("error"); e != "" {
+		b.log.Info("sso: the upstream refused", "error", e, "description", q.Get("error_description"))
+		b.page(w, r, http.StatusUnauthorized, pageData{Notice: "The sign-in service did not sign you in (" + e + "). " +
+			"Go back to the application and try again."})
+		return
+	}
+	p, err := b.o.Upstream.Exchange(r.Context(), q.Get("code"), state)
+	if err != nil {
+		b.log.Error("sso: the upstream exchange failed", "err", err)
+		b.page(w, r, http.StatusBadGateway, pageData{Notice: "The sign-in service's answer could not be verified. " +
+			"Go back to the application and try again; if it keeps failing, tell your administrator."})
+		return
+	}
+	b.finish(w, r, req, p, "oidc")
+}
+
+func (b *Bridge) logoutPage(w http.ResponseWriter, r *http.Request) {
+	id, _ := b.session(r)
+	if id == 0 {
+		b.page(w, r, http.StatusOK, pageData{Notice: "You are signed out of " + b.o.Organization + "."})
+		return
+	}
+	csrf := newID()
+	b.setCookie(w, csrfCookie, csrf, "/sso/", time.Hour)
+	b.page(w, r, http.StatusOK, pageData{Logout: true, CSRF: csrf})
+}
+
+func (b *Bridge) logoutSubmit(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	_ = r.ParseForm()
+	c, err := r.Cookie(csrfCookie)
+	if err != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
+		b.page(w, r, http.StatusForbidden, pageData{Notice: "This form expired. Open the sign-out page again."})
+		return
+	}
+	if s, err := r.Cookie(sessionCookie); err == nil && s.Value != "" {
+		if err := b.st.DeleteSession(r.Context(), s.Value); err != nil {
+			b.log.Error("sso: ending a session", "err", err)
+			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing out failed on our side. Try again."})
+			return
+		}
+	}
+	b.setCookie(w, sessionCookie, "", "/", -1)
+	b.page(w, r, http.StatusOK, pageData{Notice: "You are signed out of " + b.o.Organization + "."})
+}
+
+// setCookie sets an HttpOnly, SameSite=Lax cookie, Secure whenever mmgate
+// is served over https. maxAge < 0 deletes it.
+func (b *Bridge) setCookie(w http.ResponseWriter, name, value, path string, maxAge time.Duration) {
+	c := &http.Cookie{Name: name, Value: value, Path: path, HttpOnly: true, Secure: b.secure, SameSite: http.SameSiteLaxMode}
+	if maxAge < 0 {
+		c.MaxAge = -1
+	} else {
+		c.MaxAge = int(maxAge.Seconds())
+	}
+	http.SetCookie(w, c)
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ------------------------------------------------------------ rate limits
+
+// limiter bounds sign-in attempts per login name and per client address.
+type limiter struct {
+	mu      sync.Mutex
+	perMin  int
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+type bucket struct {
+	l    *rate.Limiter
+	seen time.Time
+}
+
+func newLimiter(perMin int) *limiter {
+	return &limiter{perMin: perMin, buckets: map[string]*bucket{}, swept: time.Now()}
+}
+
+// take spends one attempt of ip and of login; it returns how long to wait
+// when either is exhausted (nothing is spent then).
+func (l *limiter) take(ip, login string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.swept) > time.Minute {
+		for k, b := range l.buckets {
+			if now.Sub(b.seen) > 10*time.Minute {
+				delete(l.buckets, k)
+			}
+		}
+		l.swept = now
+	}
+	get := func(key string, n int) *bucket {
+		b := l.buckets[key]
+		if b == nil {
+			b = &bucket{l: rate.NewLimiter(rate.Limit(float64(n)/60), n)}
+			l.buckets[key] = b
+		}
+		b.seen = now
+		return b
+	}
+	bu, bi := get("u\x00"+login, l.perMin), get("i\x00"+ip, 4*l.perMin)
+	ru, ri := bu.l.ReserveN(now, 1), bi.l.ReserveN(now, 1)
+	wait := max(ru.DelayFrom(now), ri.DelayFrom(now))
+	if wait > 0 {
+		ru.CancelAt(now)
+		ri.CancelAt(now)
+	}
+	return wait
+}

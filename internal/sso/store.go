@@ -1,0 +1,420 @@
+package sso
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite"
+)
+
+// Store keeps the bridge's state in SQL, so that every replica sees the
+// same codes, tokens and sessions and a person's numeric id survives
+// restarts: SQLite (its own file beside the spool's, so that sign-ins never
+// wait behind mail) or the spool's PostgreSQL database (tables sso_*).
+//
+// Codes, tokens and sessions are stored as SHA-256 hashes: a copy of the
+// database does not sign anyone in.
+type Store struct {
+	db  *sql.DB
+	pg  bool
+	now func() time.Time
+}
+
+// ErrNotFound is a missing, expired or used row.
+var ErrNotFound = errors.New("not found")
+
+// OpenSQLite opens (creating) the SQLite file path.
+func OpenSQLite(ctx context.Context, path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("sso: %w", err)
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sso: opening %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	return newStore(ctx, db, false)
+}
+
+// OpenPostgres opens the PostgreSQL database at dsn.
+func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, errors.New("sso: the PostgreSQL DSN cannot be parsed")
+	}
+	db.SetMaxOpenConns(8)
+	return newStore(ctx, db, true)
+}
+
+func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
+	s := &Store{db: db, pg: pg, now: time.Now}
+	id := "INTEGER PRIMARY KEY AUTOINCREMENT" // AUTOINCREMENT: an id is never reused
+	if pg {
+		id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+	}
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS sso_identities (
+			id ` + id + `,
+			subject TEXT NOT NULL UNIQUE,
+			username TEXT NOT NULL,
+			email TEXT NOT NULL,
+			name TEXT NOT NULL,
+			created_at BIGINT NOT NULL,
+			seen_at BIGINT NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS sso_requests (
+			id TEXT PRIMARY KEY,
+			data TEXT NOT NULL,
+			identity BIGINT NOT NULL DEFAULT 0,
+			code TEXT UNIQUE,
+			code_at BIGINT NOT NULL DEFAULT 0,
+			code_used INTEGER NOT NULL DEFAULT 0,
+			upstream_state TEXT UNIQUE,
+			expires_at BIGINT NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS sso_tokens (
+			id TEXT PRIMARY KEY,
+			identity BIGINT NOT NULL,
+			client_id TEXT NOT NULL,
+			request_id TEXT NOT NULL,
+			scopes TEXT NOT NULL,
+			expires_at BIGINT NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS sso_tokens_request ON sso_tokens (request_id)`,
+		`CREATE TABLE IF NOT EXISTS sso_sessions (
+			id TEXT PRIMARY KEY,
+			identity BIGINT NOT NULL,
+			auth_time BIGINT NOT NULL,
+			expires_at BIGINT NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS sso_keys (
+			name TEXT PRIMARY KEY,
+			value TEXT NOT NULL)`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sso: creating tables: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// q turns "?" placeholders into PostgreSQL's $n.
+func (s *Store) q(query string) string {
+	if !s.pg {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func (s *Store) exec(ctx context.Context, query string, args ...any) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q(query), args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// hash is how codes, tokens and session cookies are stored.
+func hash(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// ------------------------------------------------------------ identities
+
+// Identity is a person as the bridge hands them on. ID is the number
+// Mattermost stores (AuthData): given once per upstream subject, never
+// reused, never changed.
+type Identity struct {
+	ID       int64
+	Subject  string // "ldap:<entryUUID>" or "oidc:<issuer>#<sub>"
+	Username string
+	Email    string
+	Name     string
+}
+
+// Upsert records a sign-in: it returns the person's stable id, creating it
+// on the first sign-in and refreshing username, email and name on later ones.
+func (s *Store) Upsert(ctx context.Context, p Identity) (Identity, error) {
+	now := s.now().Unix()
+	err := s.db.QueryRowContext(ctx, s.q(`INSERT INTO sso_identities (subject, username, email, name, created_at, seen_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (subject) DO UPDATE SET username = excluded.username, email = excluded.email,
+			name = excluded.name, seen_at = excluded.seen_at
+		RETURNING id`), p.Subject, p.Username, p.Email, p.Name, now, now).Scan(&p.ID)
+	if err != nil {
+		return Identity{}, fmt.Errorf("sso: recording the identity: %w", err)
+	}
+	return p, nil
+}
+
+// IdentityByID returns the person with id.
+func (s *Store) IdentityByID(ctx context.Context, id int64) (Identity, error) {
+	p := Identity{ID: id}
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT subject, username, email, name FROM sso_identities WHERE id = ?`), id).
+		Scan(&p.Subject, &p.Username, &p.Email, &p.Name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Identity{}, ErrNotFound
+	}
+	return p, err
+}
+
+// ------------------------------------------------------------ requests
+
+// SaveRequest stores a new authorization request.
+func (s *Store) SaveRequest(ctx context.Context, r *AuthRequest, ttl time.Duration) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = s.exec(ctx, `INSERT INTO sso_requests (id, data, expires_at) VALUES (?, ?, ?)`,
+		r.ID, string(data), s.now().Add(ttl).Unix())
+	return err
+}
+
+func (s *Store) scanRequest(row *sql.Row) (*AuthRequest, error) {
+	var data string
+	var identity int64
+	if err := row.Scan(&data, &identity); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	r := &AuthRequest{}
+	if err := json.Unmarshal([]byte(data), r); err != nil {
+		return nil, err
+	}
+	r.Identity = identity
+	return r, nil
+}
+
+// Request returns an unexpired authorization request.
+func (s *Store) Request(ctx context.Context, id string) (*AuthRequest, error) {
+	return s.scanRequest(s.db.QueryRowContext(ctx, s.q(`SELECT data, identity FROM sso_requests
+		WHERE id = ? AND expires_at > ? AND code_used = 0`), id, s.now().Unix()))
+}
+
+// CompleteRequest records who signed in for request id. A request is
+// completed once: a second completion (another person in another tab) fails.
+func (s *Store) CompleteRequest(ctx context.Context, id string, identity int64, authTime time.Time, amr []string) error {
+	r, err := s.Request(ctx, id)
+	if err != nil {
+		return err
+	}
+	r.AuthTime, r.AMR = authTime.UTC(), amr
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	n, err := s.exec(ctx, `UPDATE sso_requests SET data = ?, identity = ? WHERE id = ? AND identity = 0`, string(data), identity, id)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// SetCode attaches the authorization code, once.
+func (s *Store) SetCode(ctx context.Context, id, code string) error {
+	n, err := s.exec(ctx, `UPDATE sso_requests SET code = ?, code_at = ? WHERE id = ? AND code IS NULL AND identity <> 0`,
+		hash(code), s.now().UnixMilli(), id)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return errors.New("sso: this sign-in already has a code")
+	}
+	return nil
+}
+
+// ErrCodeReused is a code presented a second time; the tokens the first
+// exchange issued have been revoked (RFC 6749 §4.1.2).
+var ErrCodeReused = errors.New("authorization code already used")
+
+// ClaimCode takes the request of an unused code younger than ttl and marks
+// the code used, atomically: of two exchanges of one code, one wins.
+func (s *Store) ClaimCode(ctx context.Context, code string, ttl time.Duration) (*AuthRequest, error) {
+	h := hash(code)
+	n, err := s.exec(ctx, `UPDATE sso_requests SET code_used = 1 WHERE code = ? AND code_used = 0 AND code_at > ?`,
+		h, s.now().Add(-ttl).UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		var id string
+		var used int
+		err := s.db.QueryRowContext(ctx, s.q(`SELECT id, code_used FROM sso_requests WHERE code = ?`), h).Scan(&id, &used)
+		if err == nil && used == 1 {
+			_, _ = s.exec(ctx, `DELETE FROM sso_tokens WHERE request_id = ?`, id)
+			return nil, ErrCodeReused
+		}
+		return nil, ErrNotFound // unknown or expired
+	}
+	return s.scanRequest(s.db.QueryRowContext(ctx, s.q(`SELECT data, identity FROM sso_requests WHERE code = ?`), h))
+}
+
+// DeleteRequest forgets a request that has no code yet. One whose code was
+// used stays until it expires, so that a replay is recognised.
+func (s *Store) DeleteRequest(ctx context.Context, id string) error {
+	_, err := s.exec(ctx, `DELETE FROM sso_requests WHERE id = ? AND code IS NULL`, id)
+	return err
+}
+
+// SetUpstreamState binds the state sent to the upstream provider to request id.
+func (s *Store) SetUpstreamState(ctx context.Context, id, state string) error {
+	n, err := s.exec(ctx, `UPDATE sso_requests SET upstream_state = ? WHERE id = ? AND identity = 0`, hash(state), id)
+	if err == nil && n == 0 {
+		err = ErrNotFound
+	}
+	return err
+}
+
+// RequestByUpstreamState finds the request an upstream answer belongs to.
+func (s *Store) RequestByUpstreamState(ctx context.Context, state string) (*AuthRequest, error) {
+	var id string
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id FROM sso_requests WHERE upstream_state = ?`), hash(state)).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.Request(ctx, id)
+}
+
+// ------------------------------------------------------------ tokens
+
+// Token is an issued access token's record.
+type Token struct {
+	ID        string
+	Identity  int64
+	ClientID  string
+	Scopes    []string
+	ExpiresAt time.Time
+}
+
+// SaveToken records an access token by its id (the id, not the token, is
+// what the encrypted bearer token carries).
+func (s *Store) SaveToken(ctx context.Context, t Token, requestID string) error {
+	_, err := s.exec(ctx, `INSERT INTO sso_tokens (id, identity, client_id, request_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Identity, t.ClientID, requestID, strings.Join(t.Scopes, " "), t.ExpiresAt.Unix())
+	return err
+}
+
+// Token returns an unexpired token.
+func (s *Store) Token(ctx context.Context, id string) (Token, error) {
+	t := Token{ID: id}
+	var scopes string
+	var exp int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT identity, client_id, scopes, expires_at FROM sso_tokens WHERE id = ? AND expires_at > ?`),
+		id, s.now().Unix()).Scan(&t.Identity, &t.ClientID, &scopes, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, ErrNotFound
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	t.Scopes, t.ExpiresAt = strings.Fields(scopes), time.Unix(exp, 0)
+	return t, nil
+}
+
+// DeleteTokens revokes a token by id, or every token of identity for
+// clientID when id is "".
+func (s *Store) DeleteTokens(ctx context.Context, id string, identity int64, clientID string) error {
+	if id != "" {
+		_, err := s.exec(ctx, `DELETE FROM sso_tokens WHERE id = ?`, id)
+		return err
+	}
+	_, err := s.exec(ctx, `DELETE FROM sso_tokens WHERE identity = ? AND client_id = ?`, identity, clientID)
+	return err
+}
+
+// ------------------------------------------------------------ sessions
+
+// SaveSession records mmgate's own sign-in cookie.
+func (s *Store) SaveSession(ctx context.Context, cookie string, identity int64, authTime time.Time, ttl time.Duration) error {
+	_, err := s.exec(ctx, `INSERT INTO sso_sessions (id, identity, auth_time, expires_at) VALUES (?, ?, ?, ?)`,
+		hash(cookie), identity, authTime.Unix(), s.now().Add(ttl).Unix())
+	return err
+}
+
+// Session returns the identity and sign-in time of an unexpired session.
+func (s *Store) Session(ctx context.Context, cookie string) (int64, time.Time, error) {
+	var id, at int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT identity, auth_time FROM sso_sessions WHERE id = ? AND expires_at > ?`),
+		hash(cookie), s.now().Unix()).Scan(&id, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, time.Time{}, ErrNotFound
+	}
+	return id, time.Unix(at, 0), err
+}
+
+// DeleteSession ends a session.
+func (s *Store) DeleteSession(ctx context.Context, cookie string) error {
+	_, err := s.exec(ctx, `DELETE FROM sso_sessions WHERE id = ?`, hash(cookie))
+	return err
+}
+
+// ------------------------------------------------------------ keys
+
+// Key returns the named key, creating it with gen the first time. Replicas
+// racing to create it all end up with the one that was stored first.
+func (s *Store) Key(ctx context.Context, name string, gen func() (string, error)) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT value FROM sso_keys WHERE name = ?`), name).Scan(&v)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", err
+	}
+	nv, err := gen()
+	if err != nil {
+		return "", err
+	}
+	if _, err := s.exec(ctx, `INSERT INTO sso_keys (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`, name, nv); err != nil {
+		return "", err
+	}
+	err = s.db.QueryRowContext(ctx, s.q(`SELECT value FROM sso_keys WHERE name = ?`), name).Scan(&v)
+	return v, err
+}
+
+// Purge deletes expired requests, tokens and sessions.
+func (s *Store) Purge(ctx context.Context) error {
+	now := s.now().Unix()
+	for _, t := range []string{"sso_requests", "sso_tokens", "sso_sessions"} {
+		if _, err := s.exec(ctx, `DELETE FROM `+t+` WHERE expires_at <= ?`, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package sso
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/zitadel/oidc/v3/pkg/client/rp"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"golang.org/x/oauth2"
+)
+
+// OIDCUpstream is the organisation's OpenID Connect platform.
+type OIDCUpstream struct {
+	rp     rp.RelyingParty
+	issuer string
+	claims ClaimNames
+}
+
+// ClaimNames say where the username, email and display name are.
+type ClaimNames struct {
+	Username, Email, Name string
+}
+
+// OIDCUpstreamConfig configures NewOIDCUpstream.
+type OIDCUpstreamConfig struct {
+	Issuer       string
+	ClientID     string
+	ClientSecret string
+	// RedirectURI is mmgate's ISSUER/sso/upstream/callback.
+	RedirectURI string
+	Scopes      []string
+	Claims      ClaimNames
+}
+
+type nonceKey struct{}
+
+// nonceFor derives the ID token's nonce from the state, which only this
+// browser (its cookie) and mmgate know.
+func nonceFor(state string) string {
+	h := sha256.Sum256([]byte("mmgate-nonce\x00" + state))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// NewOIDCUpstream reads the platform's discovery document.
+func NewOIDCUpstream(ctx context.Context, c OIDCUpstreamConfig) (*OIDCUpstream, error) {
+	if len(c.Scopes) == 0 {
+		c.Scopes = []string{oidc.ScopeOpenID, oidc.ScopeProfile, oidc.ScopeEmail}
+	}
+	if c.Claims.Username == "" {
+		c.Claims.Username = "preferred_username"
+	}
+	if c.Claims.Email == "" {
+		c.Claims.Email = "email"
+	}
+	if c.Claims.Name == "" {
+		c.Claims.Name = "name"
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	party, err := rp.NewRelyingPartyOIDC(dctx, c.Issuer, c.ClientID, c.ClientSecret, c.RedirectURI, c.Scopes,
+		rp.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}),
+		rp.WithVerifierOpts(rp.WithNonce(func(ctx context.Context) string {
+			n, _ := ctx.Value(nonceKey{}).(string)
+			return n
+		})))
+	if err != nil {
+		return nil, fmt.Errorf("sso: the upstream provider %s: %w", c.Issuer, err)
+	}
+	return &OIDCUpstream{rp: party, issuer: strings.TrimRight(c.Issuer, "/"), claims: c.Claims}, nil
+}
+
+// AuthURL implements Redirector.
+func (u *OIDCUpstream) AuthURL(state string) string {
+	nonce := func() []oauth2.AuthCodeOption {
+		return []oauth2.AuthCodeOption{oauth2.SetAuthURLParam("nonce", nonceFor(state))}
+	}
+	return rp.AuthURL(state, u.rp, nonce)
+}
+
+// Exchange implements Redirector: it redeems the code, verifies the ID
+// token (signature, issuer, audience, expiry, nonce) and reads the claims,
+// asking the userinfo endpoint for what the ID token leaves out.
+func (u *OIDCUpstream) Exchange(ctx context.Context, code, state string) (Profile, error) {
+	if code == "" {
+		return Profile{}, errors.New("the upstream sent no code")
+	}
+	ctx = context.WithValue(ctx, nonceKey{}, nonceFor(state))
+	tokens, err := rp.CodeExchange[*oidc.IDTokenClaims](ctx, code, u.rp)
+	if err != nil {
+		return Profile{}, fmt.Errorf("code exchange: %w", err)
+	}
+	c := tokens.IDTokenClaims
+	if c == nil || c.Subject == "" {
+		return Profile{}, errors.New("the upstream's ID token names no subject")
+	}
+	claims := map[string]any{}
+	for k, v := range c.Claims {
+		claims[k] = v
+	}
+	get := func(name string) string {
+		s, _ := claims[name].(string)
+		return strings.TrimSpace(s)
+	}
+	if get(u.claims.Email) == "" || get(u.claims.Username) == "" {
+		info, err := rp.Userinfo[*oidc.UserInfo](ctx, tokens.AccessToken, tokens.TokenType, c.Subject, u.rp)
+		if err != nil {
+			return Profile{}, fmt.Errorf("userinfo: %w", err)
+		}
+		for k, v := range info.Claims {
+			claims[k] = v
+		}
+	}
+	p := Profile{Subject: "oidc:" + u.issuer + "#" + c.Subject, Username: strings.ToLower(get(u.claims.Username)),
+		Email: strings.ToLower(get(u.claims.Email)), Name: get(u.claims.Name)}
+	if p.Email == "" {
+		return Profile{}, fmt.Errorf("the upstream gave no %q claim: Mattermost needs an email", u.claims.Email)
+	}
+	if p.Username == "" {
+		p.Username, _, _ = strings.Cut(p.Email, "@")
+	}
+	return p, nil
+}
