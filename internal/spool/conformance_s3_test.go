@@ -85,10 +85,10 @@ func TestConformanceSQLiteS3(t *testing.T) {
 }
 
 func TestConformancePostgresS3(t *testing.T) {
-	admin := postgresServer(t)
+	admin := spooltest.PostgresServer(t)
 	ep, ak, sk := s3Server(t)
 	spooltest.Run(t, func(t *testing.T) spool.Options {
-		return spool.Options{PostgresDSN: newDatabase(t, admin),
+		return spool.Options{PostgresDSN: spooltest.NewDatabase(t, admin),
 			S3: &spool.S3Options{Endpoint: ep, Bucket: fmt.Sprintf("pgspool-%d", bucketSeq.Add(1)),
 				AccessKey: ak, SecretKey: sk, Insecure: true}}
 	})

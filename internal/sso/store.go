@@ -2,7 +2,9 @@ package sso
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
@@ -64,9 +66,17 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 
 func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 	s := &Store{db: db, pg: pg, now: time.Now}
+	// Ids start at a random base chosen when the table is created, so that a
+	// store that was lost and created again never hands an old id to
+	// someone else: Mattermost signs in whoever has the id (AuthData), and
+	// with fresh ids a returning person gets Mattermost's "already attached"
+	// refusal instead of another person's account.
+	var rb [8]byte
+	_, _ = rand.Read(rb[:])
+	base := int64(binary.BigEndian.Uint64(rb[:])>>20) + 1_000_000 // < 2^44 + 10^6: exact in JavaScript
 	id := "INTEGER PRIMARY KEY AUTOINCREMENT" // AUTOINCREMENT: an id is never reused
 	if pg {
-		id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+		id = fmt.Sprintf("BIGINT GENERATED ALWAYS AS IDENTITY (START WITH %d) PRIMARY KEY", base)
 	}
 	for _, q := range []string{
 		`CREATE TABLE IF NOT EXISTS sso_identities (
@@ -106,6 +116,13 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			_ = db.Close()
 			return nil, fmt.Errorf("sso: creating tables: %w", err)
+		}
+	}
+	if !pg {
+		if _, err := db.ExecContext(ctx, `INSERT INTO sqlite_sequence (name, seq) SELECT 'sso_identities', ?
+			WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sso_identities')`, base); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sso: seeding the id sequence: %w", err)
 		}
 	}
 	return s, nil
