@@ -4,8 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"database/sql"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -74,7 +74,7 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 	var rb [8]byte
 	_, _ = rand.Read(rb[:])
 	base := int64(binary.BigEndian.Uint64(rb[:])>>20) + 1_000_000 // < 2^44 + 10^6: exact in JavaScript
-	id := "INTEGER PRIMARY KEY AUTOINCREMENT" // AUTOINCREMENT: an id is never reused
+	id := "INTEGER PRIMARY KEY AUTOINCREMENT"                     // AUTOINCREMENT: an id is never reused
 	if pg {
 		id = fmt.Sprintf("BIGINT GENERATED ALWAYS AS IDENTITY (START WITH %d) PRIMARY KEY", base)
 	}
