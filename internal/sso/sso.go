@@ -379,7 +379,7 @@ func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		b.form(w, r, http.StatusBadRequest, req, login, "Enter your username or email and your password.")
 		return
 	}
-	if wait := b.limits.take(clientIP(r), strings.ToLower(login)); wait > 0 {
+	if wait := b.limits.wait(clientIP(r), strings.ToLower(login)); wait > 0 {
 		secs := int(wait.Seconds() + 0.999)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		b.log.Warn("sso: sign-in attempts limited", "login", login, "ip", clientIP(r))
@@ -390,6 +390,7 @@ func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	p, err := b.o.Passwords.CheckPassword(r.Context(), login, password)
 	switch {
 	case errors.Is(err, ErrBadCredentials):
+		b.limits.fail(clientIP(r), strings.ToLower(login))
 		b.log.Info("sso: wrong password", "login", login, "ip", clientIP(r))
 		b.form(w, r, http.StatusUnauthorized, req, login, "Wrong username or password.")
 		return
@@ -511,12 +512,32 @@ func newLimiter(perMin int) *limiter {
 	return &limiter{perMin: perMin, buckets: map[string]*bucket{}, swept: time.Now()}
 }
 
-// take spends one attempt of ip and of login; it returns how long to wait
-// when either is exhausted (nothing is spent then).
-func (l *limiter) take(ip, login string) time.Duration {
+// wait says how long ip or login must wait before the next attempt (0:
+// go ahead). Only failures spend attempts (fail): people who type their
+// password right are never slowed down.
+func (l *limiter) wait(ip, login string) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
+	var w time.Duration
+	for _, b := range []*bucket{l.get(now, "u\x00"+login, l.perMin), l.get(now, "i\x00"+ip, 4*l.perMin)} {
+		if tok := b.l.TokensAt(now); tok < 1 {
+			w = max(w, time.Duration((1-tok)/float64(b.l.Limit())*float64(time.Second)))
+		}
+	}
+	return w
+}
+
+// fail spends one attempt of ip and of login.
+func (l *limiter) fail(ip, login string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	l.get(now, "u\x00"+login, l.perMin).l.AllowN(now, 1)
+	l.get(now, "i\x00"+ip, 4*l.perMin).l.AllowN(now, 1)
+}
+
+func (l *limiter) get(now time.Time, key string, n int) *bucket {
 	if now.Sub(l.swept) > time.Minute {
 		for k, b := range l.buckets {
 			if now.Sub(b.seen) > 10*time.Minute {
@@ -525,21 +546,11 @@ func (l *limiter) take(ip, login string) time.Duration {
 		}
 		l.swept = now
 	}
-	get := func(key string, n int) *bucket {
-		b := l.buckets[key]
-		if b == nil {
-			b = &bucket{l: rate.NewLimiter(rate.Limit(float64(n)/60), n)}
-			l.buckets[key] = b
-		}
-		b.seen = now
-		return b
+	b := l.buckets[key]
+	if b == nil {
+		b = &bucket{l: rate.NewLimiter(rate.Limit(float64(n)/60), n)}
+		l.buckets[key] = b
 	}
-	bu, bi := get("u\x00"+login, l.perMin), get("i\x00"+ip, 4*l.perMin)
-	ru, ri := bu.l.ReserveN(now, 1), bi.l.ReserveN(now, 1)
-	wait := max(ru.DelayFrom(now), ri.DelayFrom(now))
-	if wait > 0 {
-		ru.CancelAt(now)
-		ri.CancelAt(now)
-	}
-	return wait
+	b.seen = now
+	return b
 }

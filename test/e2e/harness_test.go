@@ -714,7 +714,8 @@ routing:
 		spoolYAML)
 	c += cfg.Jira
 	if cfg.Extra != "" {
-		c += strings.TrimRight(strings.ReplaceAll(cfg.Extra, "{gate_dir}", g.dir), "\n") + "\n"
+		extra := strings.NewReplacer("{gate_dir}", g.dir, "{http_addr}", g.httpAddr, "{mm_url}", g.s.mmURL).Replace(cfg.Extra)
+		c += strings.TrimRight(extra, "\n") + "\n"
 	}
 	if err := os.WriteFile(g.usersYML, []byte(u.String()), 0o644); err != nil {
 		g.t.Fatal(err)

@@ -15,6 +15,8 @@ ruby -e 'require "faraday"' 2>/dev/null || need+=(ruby-faraday)
 # the directory tests: OpenLDAP's server and its command-line tools
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapsearch   >/dev/null || need+=(ldap-utils)
+# the sign-in page's screenshots: Debian's headless Chromium
+command -v chromium     >/dev/null || need+=(chromium)
 # swaks needs these for STARTTLS
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
