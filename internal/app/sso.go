@@ -86,13 +86,9 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 		if err != nil {
 			return nil, fmt.Errorf("sso.oidc.client_secret: %w", err)
 		}
-		up, err := sso.NewOIDCUpstream(ctx, sso.OIDCUpstreamConfig{Issuer: c.OIDC.Issuer, ClientID: c.OIDC.ClientID,
+		o.Upstream = sso.NewOIDCUpstream(sso.OIDCUpstreamConfig{Issuer: c.OIDC.Issuer, ClientID: c.OIDC.ClientID,
 			ClientSecret: secret, RedirectURI: c.Issuer + "/sso/upstream/callback", Scopes: c.OIDC.Scopes,
 			Claims: sso.ClaimNames{Username: c.OIDC.UsernameClaim, Email: c.OIDC.EmailClaim, Name: c.OIDC.NameClaim}})
-		if err != nil {
-			return nil, err
-		}
-		o.Upstream = up
 	}
 	b, err := sso.New(ctx, o)
 	if err != nil {

@@ -57,8 +57,8 @@ type PasswordChecker interface {
 // Redirector signs people in at another provider (the OIDC upstream).
 type Redirector interface {
 	// AuthURL is where the browser is sent; state comes back to
-	// /sso/upstream/callback.
-	AuthURL(state string) string
+	// /sso/upstream/callback. An error means the provider cannot be reached.
+	AuthURL(ctx context.Context, state string) (string, error)
 	// Exchange turns the callback's code into a profile.
 	Exchange(ctx context.Context, code, state string) (Profile, error)
 }
@@ -345,8 +345,15 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 			b.expired(w, r)
 			return
 		}
+		to, err := b.o.Upstream.AuthURL(r.Context(), state)
+		if err != nil {
+			b.log.Error("sso: the upstream provider cannot be reached", "err", err)
+			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "The " + b.o.Organization +
+				" sign-in service cannot be reached right now. Try again in a minute."})
+			return
+		}
 		b.setCookie(w, upstreamCookie, state, "/sso/upstream/", 15*time.Minute)
-		http.Redirect(w, r, b.o.Upstream.AuthURL(state), http.StatusFound)
+		http.Redirect(w, r, to, http.StatusFound)
 		return
 	}
 	b.form(w, r, http.StatusOK, req, req.LoginHint, "")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/zitadel/oidc/v3/pkg/client/rp"
@@ -15,11 +16,17 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// OIDCUpstream is the organisation's OpenID Connect platform.
+// OIDCUpstream is the organisation's OpenID Connect platform. Its
+// discovery document is read at the first sign-in (and again after a
+// failure), so that a platform that is down when mmgate starts costs the
+// sign-ins, never the mail intake.
 type OIDCUpstream struct {
-	rp     rp.RelyingParty
+	cfg    OIDCUpstreamConfig
 	issuer string
 	claims ClaimNames
+
+	mu    sync.Mutex
+	party rp.RelyingParty
 }
 
 // ClaimNames say where the username, email and display name are.
@@ -47,8 +54,8 @@ func nonceFor(state string) string {
 	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
-// NewOIDCUpstream reads the platform's discovery document.
-func NewOIDCUpstream(ctx context.Context, c OIDCUpstreamConfig) (*OIDCUpstream, error) {
+// NewOIDCUpstream configures the upstream; it does not connect.
+func NewOIDCUpstream(c OIDCUpstreamConfig) *OIDCUpstream {
 	if len(c.Scopes) == 0 {
 		c.Scopes = []string{oidc.ScopeOpenID, oidc.ScopeProfile, oidc.ScopeEmail}
 	}
@@ -61,7 +68,18 @@ func NewOIDCUpstream(ctx context.Context, c OIDCUpstreamConfig) (*OIDCUpstream, 
 	if c.Claims.Name == "" {
 		c.Claims.Name = "name"
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	return &OIDCUpstream{cfg: c, issuer: strings.TrimRight(c.Issuer, "/"), claims: c.Claims}
+}
+
+// relyingParty reads the discovery document once it can.
+func (u *OIDCUpstream) relyingParty(ctx context.Context) (rp.RelyingParty, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.party != nil {
+		return u.party, nil
+	}
+	c := u.cfg
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	party, err := rp.NewRelyingPartyOIDC(dctx, c.Issuer, c.ClientID, c.ClientSecret, c.RedirectURI, c.Scopes,
 		rp.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}),
@@ -70,17 +88,22 @@ func NewOIDCUpstream(ctx context.Context, c OIDCUpstreamConfig) (*OIDCUpstream, 
 			return n
 		})))
 	if err != nil {
-		return nil, fmt.Errorf("sso: the upstream provider %s: %w", c.Issuer, err)
+		return nil, fmt.Errorf("the upstream provider %s: %w", c.Issuer, err)
 	}
-	return &OIDCUpstream{rp: party, issuer: strings.TrimRight(c.Issuer, "/"), claims: c.Claims}, nil
+	u.party = party
+	return party, nil
 }
 
 // AuthURL implements Redirector.
-func (u *OIDCUpstream) AuthURL(state string) string {
+func (u *OIDCUpstream) AuthURL(ctx context.Context, state string) (string, error) {
+	party, err := u.relyingParty(ctx)
+	if err != nil {
+		return "", err
+	}
 	nonce := func() []oauth2.AuthCodeOption {
 		return []oauth2.AuthCodeOption{oauth2.SetAuthURLParam("nonce", nonceFor(state))}
 	}
-	return rp.AuthURL(state, u.rp, nonce)
+	return rp.AuthURL(state, party, nonce), nil
 }
 
 // Exchange implements Redirector: it redeems the code, verifies the ID
@@ -90,8 +113,12 @@ func (u *OIDCUpstream) Exchange(ctx context.Context, code, state string) (Profil
 	if code == "" {
 		return Profile{}, errors.New("the upstream sent no code")
 	}
+	party, err := u.relyingParty(ctx)
+	if err != nil {
+		return Profile{}, err
+	}
 	ctx = context.WithValue(ctx, nonceKey{}, nonceFor(state))
-	tokens, err := rp.CodeExchange[*oidc.IDTokenClaims](ctx, code, u.rp)
+	tokens, err := rp.CodeExchange[*oidc.IDTokenClaims](ctx, code, party)
 	if err != nil {
 		return Profile{}, fmt.Errorf("code exchange: %w", err)
 	}
@@ -108,7 +135,7 @@ func (u *OIDCUpstream) Exchange(ctx context.Context, code, state string) (Profil
 		return strings.TrimSpace(s)
 	}
 	if get(u.claims.Email) == "" || get(u.claims.Username) == "" {
-		info, err := rp.Userinfo[*oidc.UserInfo](ctx, tokens.AccessToken, tokens.TokenType, c.Subject, u.rp)
+		info, err := rp.Userinfo[*oidc.UserInfo](ctx, tokens.AccessToken, tokens.TokenType, c.Subject, party)
 		if err != nil {
 			return Profile{}, fmt.Errorf("userinfo: %w", err)
 		}

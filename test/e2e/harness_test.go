@@ -580,6 +580,9 @@ type gateConfig struct {
 	Directory string
 	// Jira is YAML added under apps.jira, each line indented by four spaces.
 	Jira string
+	// HTTPAddr is http.listen ("" : a free port), for peers that must know
+	// it before the gate starts.
+	HTTPAddr string
 }
 
 type dirUser struct {
@@ -625,7 +628,10 @@ func newGate(t *testing.T, s *suite, cfg gateConfig) *gate {
 	}
 	g := &gate{t: t, s: s, dir: dir, cfgPath: filepath.Join(dir, "mmgate.yaml"),
 		usersYML: filepath.Join(dir, "users.yaml"), logPath: filepath.Join(dir, "mmgate.log"),
-		smtpAddr: freeAddr(t), httpAddr: freeAddr(t)}
+		smtpAddr: freeAddr(t), httpAddr: cfg.HTTPAddr}
+	if g.httpAddr == "" {
+		g.httpAddr = freeAddr(t)
+	}
 	g.writeConfig(cfg)
 	t.Cleanup(func() {
 		g.stop()

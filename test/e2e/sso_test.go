@@ -473,3 +473,173 @@ func colorStats(img image.Image) (int, int) {
 	}
 	return len(seen), banner
 }
+
+// oidcPeer is test/peers/oidc-provider: zitadel/oidc's op package with its
+// example storage, in a process of its own.
+type oidcPeer struct {
+	addr string
+	out  string // its stdout file
+	cmd  *exec.Cmd
+}
+
+func startOIDCProvider(t *testing.T, s *suite, dir, redirect, secret string, users map[string]map[string]any) *oidcPeer {
+	t.Helper()
+	bin := filepath.Join(s.root, "oidc-provider")
+	if !fileExists(bin) {
+		build := exec.Command("go", "build", "-o", bin, "./test/peers/oidc-provider")
+		build.Dir = filepath.Dir(filepath.Dir(s.peers))
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build ./test/peers/oidc-provider: %v\n%s", err, out)
+		}
+	}
+	uj, _ := json.Marshal(users)
+	usersFile := filepath.Join(dir, "upstream-users.json")
+	if err := os.WriteFile(usersFile, uj, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &oidcPeer{addr: freeAddr(t), out: filepath.Join(dir, "oidc-provider.log")}
+	f, err := os.Create(p.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, "-listen", p.addr, "-issuer", "http://"+p.addr, "-client", "mmgate", "-secret", secret,
+		"-redirect", redirect, "-users", usersFile)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		f.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(p.out)
+			t.Logf("oidc-provider output:\n%s", b)
+		}
+	})
+	eventually(t, 30*time.Second, "the OIDC provider answers", func() (bool, string) {
+		resp, err := http.Get("http://" + p.addr + "/.well-known/openid-configuration")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, resp.Status
+	})
+	return p
+}
+
+func (p *oidcPeer) count(what string) int {
+	b, _ := os.ReadFile(p.out)
+	return strings.Count(string(b), what+"\n")
+}
+
+var upstreamID = regexp.MustCompile(`name="id" value="([^"]+)"`)
+
+// TestSSOSignInThroughUpstreamOIDC: Mattermost → mmgate → a real OIDC
+// provider (another process) and back: the user is created from the
+// provider's claims; after signing out of Mattermost and of mmgate, a
+// person still signed in at the provider is signed in again with no
+// prompt at all; an upstream answer with a tampered state is refused.
+func TestSSOSignInThroughUpstreamOIDC(t *testing.T) {
+	s := setup(t)
+	n := nonce()
+	dir := filepath.Join(s.root, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gateHTTP := freeAddr(t)
+	upSecret := "upstream-secret-" + n
+	user, email, pw := "pat"+n, "pat"+n+"@"+mailDomain, "Platform-"+n
+	up := startOIDCProvider(t, s, dir, "http://"+gateHTTP+"/sso/upstream/callback", upSecret, map[string]map[string]any{
+		"id-" + n: {"ID": "id-" + n, "Username": user, "Password": pw, "Email": email, "EmailVerified": true,
+			"FirstName": "Pat", "LastName": "Upstream"},
+	})
+	for name, v := range map[string]string{"client.secret": "client-secret-" + n, "upstream.secret": upSecret} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := newGate(t, s, gateConfig{HTTPAddr: gateHTTP, Extra: ssoYAML("oidc") + `  oidc:
+    issuer: http://` + up.addr + `
+    client_id: mmgate
+    client_secret: file:{gate_dir}/upstream.secret
+`})
+	configureGitLab(t, s, g)
+
+	// 1. First sign-in: the provider's own page asks for the password.
+	b := newBrowser(t)
+	resp, page := b.get(s.mmURL + "/oauth/gitlab/login")
+	m := upstreamID.FindStringSubmatch(page)
+	if !strings.HasPrefix(resp.Request.URL.String(), "http://"+up.addr+"/login/username") || m == nil {
+		t.Fatalf("not at the provider's sign-in page: %d %s\n%s\nhops: %v", resp.StatusCode, resp.Request.URL, truncate(page, 800), b.hops)
+	}
+	resp, page = b.post("http://"+up.addr+"/login/username", url.Values{"id": {m[1]}, "username": {user}, "password": {pw}})
+	u, err := b.mmUser(s)
+	if err != nil {
+		t.Fatalf("no Mattermost session: %v; last page %d %s\n%s\nhops: %v", err, resp.StatusCode, resp.Request.URL, truncate(page, 800), b.hops)
+	}
+	if u["email"] != email || u["username"] != user || u["first_name"] != "Pat" || u["last_name"] != "Upstream" || u["auth_service"] != "gitlab" {
+		t.Errorf("Mattermost user from the provider's claims: %v", u)
+	}
+	if up.count("login-form") != 1 {
+		t.Errorf("the provider showed its form %d times, want 1", up.count("login-form"))
+	}
+
+	// 2. Signed out of Mattermost and of mmgate, still signed in at the
+	// provider: signing in again shows no page at all.
+	b.mmLogout(s)
+	_, page = b.get("http://" + g.httpAddr + "/sso/logout")
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+	if csrf == nil {
+		t.Fatalf("no sign-out form:\n%s", truncate(page, 800))
+	}
+	if resp, page = b.post("http://"+g.httpAddr+"/sso/logout", url.Values{"csrf": {csrf[1]}}); resp.StatusCode != 200 || !strings.Contains(page, "signed out") {
+		t.Fatalf("mmgate sign-out: %d\n%s", resp.StatusCode, truncate(page, 800))
+	}
+	b.hops = nil
+	resp, page = b.get(s.mmURL + "/oauth/gitlab/login")
+	u2, err := b.mmUser(s)
+	if err != nil || u2["id"] != u["id"] {
+		t.Fatalf("silent sign-in: %v %v; ended %d at %s\nhops: %v", u2["id"], err, resp.StatusCode, resp.Request.URL, b.hops)
+	}
+	if up.count("login-form") != 1 || up.count("session-login") != 1 {
+		t.Errorf("the second sign-in should use the provider's session without a form: forms %d, session sign-ins %d",
+			up.count("login-form"), up.count("session-login"))
+	}
+	for _, h := range b.hops {
+		if strings.Contains(h, g.httpAddr+"/sso/login") && strings.Contains(page, `name="password"`) {
+			t.Errorf("mmgate showed its password page in the OIDC flow: %v", b.hops)
+		}
+	}
+
+	// 3. A tampered state on the way back from the provider is refused.
+	b3 := newBrowser(t)
+	b3.stopAt = func(u *url.URL) bool { return u.Path == "/sso/upstream/callback" }
+	resp, page = b3.get(s.mmURL + "/oauth/gitlab/login")
+	m = upstreamID.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no provider form: %d %s", resp.StatusCode, resp.Request.URL)
+	}
+	resp, _ = b3.post("http://"+up.addr+"/login/username", url.Values{"id": {m[1]}, "username": {user}, "password": {pw}})
+	back, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || back.Path != "/sso/upstream/callback" {
+		t.Fatalf("the provider did not send the browser back to mmgate: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	q := back.Query()
+	q.Set("state", q.Get("state")+"x")
+	bad := *back
+	bad.RawQuery = q.Encode()
+	b3.stopAt = nil
+	resp, page = b3.get(bad.String())
+	if resp.StatusCode != 400 || !strings.Contains(page, "does not belong") {
+		t.Errorf("tampered upstream state: %d\n%s", resp.StatusCode, truncate(page, 800))
+	}
+	if _, err := b3.mmUser(s); err == nil {
+		t.Error("Mattermost signed in after a tampered upstream state")
+	}
+	// The genuine answer, in another browser (no state cookie): refused too.
+	other := newBrowser(t)
+	if resp, _ = other.get(back.String()); resp.StatusCode != 400 {
+		t.Errorf("the provider's answer replayed in another browser: %d, want 400", resp.StatusCode)
+	}
+}
