@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/mailparse
 	$(GO) test -run '^$$' -fuzz FuzzSession -fuzztime 60s ./internal/intake/smtp
 	$(GO) test -run '^$$' -fuzz FuzzAuthenticate -fuzztime 60s ./internal/intake/postback
+	$(GO) test -run '^$$' -fuzz FuzzUntrustedInputs -fuzztime 60s ./internal/sso
 
 vet:
 	$(GO) vet ./...
