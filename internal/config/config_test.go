@@ -223,3 +223,59 @@ imap:
 		t.Errorf("move_to = the default folder: %v", err)
 	}
 }
+
+func TestSSOIsChecked(t *testing.T) {
+	p := write(t, "c.yaml", `
+mattermost: {url: "http://127.0.0.1:8065"}
+directory: {mattermost_lookup: true}
+sso:
+  enabled: true
+  issuer: "https://sso.corp.example/mmgate"
+  upstream: ldap
+  code_ttl: 1h
+  clients:
+    - id: mattermost
+      secret: file:/nonexistent/secret
+      redirect_uris: ["https://chat.corp.example/*", "chat.corp.example/signup/gitlab/complete"]
+    - id: mattermost
+      secret: x
+      redirect_uris: ["https://chat.corp.example/signup/gitlab/complete"]
+`)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps Problems
+	if !errors.As(c.Validate(), &ps) {
+		t.Fatal("want Problems")
+	}
+	got := map[string]bool{}
+	for _, p := range ps {
+		got[p.Path] = true
+	}
+	for _, want := range []string{"sso.issuer", "sso.upstream", "sso.code_ttl", "sso.clients[0].secret",
+		"sso.clients[0].redirect_uris[0]", "sso.clients[0].redirect_uris[1]", "sso.clients[1].id"} {
+		if !got[want] {
+			t.Errorf("no problem at %s; got %v", want, ps)
+		}
+	}
+	p2 := write(t, "c2.yaml", `
+mattermost: {url: "http://127.0.0.1:8065"}
+directory: {mattermost_lookup: true}
+sso:
+  enabled: true
+  issuer: "https://sso.corp.example"
+  upstream: oidc
+  oidc: {issuer: "https://id.corp.example"}
+  clients: [{id: mattermost, secret: x, redirect_uris: ["https://chat.corp.example/signup/gitlab/complete"]}]
+`)
+	c2, err := Load(p2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c2.Validate()
+	if err == nil || !strings.Contains(err.Error(), "sso.oidc.client_id") || !strings.Contains(err.Error(), "https://sso.corp.example/sso/upstream/callback") ||
+		!strings.Contains(err.Error(), "sso.oidc.client_secret") || strings.Contains(err.Error(), "sso.issuer") {
+		t.Errorf("oidc upstream without a client: %v", err)
+	}
+}
