@@ -59,6 +59,20 @@ func (l *ldapPeer) stop() {
 	l.pid = 0
 }
 
+// admin connects as the root DN.
+func (l *ldapPeer) admin() *goldap.Conn {
+	l.t.Helper()
+	c, err := goldap.DialURL(fmt.Sprintf("ldap://127.0.0.1:%d", l.port))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := c.Bind(ldapAdmin, "secret"); err != nil {
+		c.Close()
+		l.t.Fatal(err)
+	}
+	return c
+}
+
 // seed adds the people and groups:
 //
 //	alice  in jira-users directly
@@ -69,14 +83,8 @@ func (l *ldapPeer) stop() {
 //	erin   in no group
 func (l *ldapPeer) seed() {
 	t := l.t
-	c, err := goldap.DialURL(fmt.Sprintf("ldap://127.0.0.1:%d", l.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := l.admin()
 	defer c.Close()
-	if err := c.Bind(ldapAdmin, "secret"); err != nil {
-		t.Fatal(err)
-	}
 	add := func(dn string, attrs map[string][]string) {
 		req := goldap.NewAddRequest(dn, nil)
 		for k, v := range attrs {

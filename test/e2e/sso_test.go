@@ -178,14 +178,8 @@ func mmSignIn(t *testing.T, s *suite, g *gate, b *browser, login, password strin
 
 // seedSSO adds a person with a password to the running slapd.
 func seedSSO(t *testing.T, l *ldapPeer, uid, email, pw string) {
-	c, err := goldap.DialURL(fmt.Sprintf("ldap://127.0.0.1:%d", l.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := l.admin()
 	defer c.Close()
-	if err := c.Bind(ldapAdmin, "secret"); err != nil {
-		t.Fatal(err)
-	}
 	req := goldap.NewAddRequest("uid="+uid+",ou=people,"+ldapBase, nil)
 	for k, v := range map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {uid}, "cn": {uid}, "sn": {"Tester"},
 		"displayName": {"Sam " + uid}, "mail": {email}, "userPassword": {pw}} {
@@ -197,14 +191,8 @@ func seedSSO(t *testing.T, l *ldapPeer, uid, email, pw string) {
 }
 
 func setLDAPMail(t *testing.T, l *ldapPeer, uid, email string) {
-	c, err := goldap.DialURL(fmt.Sprintf("ldap://127.0.0.1:%d", l.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := l.admin()
 	defer c.Close()
-	if err := c.Bind(ldapAdmin, "secret"); err != nil {
-		t.Fatal(err)
-	}
 	m := goldap.NewModifyRequest("uid="+uid+",ou=people,"+ldapBase, nil)
 	m.Replace("mail", []string{email})
 	if err := c.Modify(m); err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
 
@@ -82,18 +81,7 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	or.WriteString(")")
 	filter := "(&" + d.cfg.UserFilter + or.String() + ")"
 	want := append([]string{"entryUUID", "objectGUID", userAttr, d.cfg.DisplayNameAttribute, "cn"}, mailAttrs...)
-	var entries []*goldap.Entry
-	err = d.do(ctx, func(c *goldap.Conn, _ string) error {
-		res, err := d.search(c, goldap.NewSearchRequest(d.cfg.BaseDN, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases,
-			2, int(d.cfg.Timeout/time.Second), false, filter, want, nil))
-		if err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
-			return err
-		}
-		if res != nil {
-			entries = res.Entries
-		}
-		return nil
-	})
+	entries, _, err := d.searchPeople(ctx, filter, want)
 	if err != nil {
 		return Account{}, fmt.Errorf("LDAP search for the login: %w", err)
 	}

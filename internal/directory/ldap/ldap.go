@@ -295,21 +295,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	if d.cfg.UsernameAttribute != "" {
 		attrs = append(attrs, d.cfg.UsernameAttribute)
 	}
-	var server string
-	var entries []*goldap.Entry
-	err = d.do(ctx, func(c *goldap.Conn, srv string) error {
-		server = srv
-		res, err := d.search(c, goldap.NewSearchRequest(d.cfg.BaseDN, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases,
-			2, int(d.cfg.Timeout/time.Second), false, filter, attrs, nil))
-		// A size limit of 2 that is hit still returns the two entries.
-		if err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
-			return err
-		}
-		if res != nil {
-			entries = res.Entries
-		}
-		return nil
-	})
+	entries, server, err := d.searchPeople(ctx, filter, attrs)
 	if err != nil {
 		return personResult{}, fmt.Errorf("LDAP search: %w", err)
 	}
@@ -355,6 +341,27 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	p.MemberOf = e.GetEqualFoldAttributeValues("memberOf")
 	return personResult{p: p}, nil
+}
+
+// searchPeople finds at most two people matching filter (two are enough
+// to know an answer is ambiguous) and names the server that answered.
+func (d *Directory) searchPeople(ctx context.Context, filter string, attrs []string) ([]*goldap.Entry, string, error) {
+	var server string
+	var entries []*goldap.Entry
+	err := d.do(ctx, func(c *goldap.Conn, srv string) error {
+		server = srv
+		res, err := d.search(c, goldap.NewSearchRequest(d.cfg.BaseDN, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases,
+			2, int(d.cfg.Timeout/time.Second), false, filter, attrs, nil))
+		// A size limit of 2 that is hit still returns the two entries.
+		if err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
+			return err
+		}
+		if res != nil {
+			entries = res.Entries
+		}
+		return nil
+	})
+	return entries, server, err
 }
 
 // ---------------------------------------------------------------- groups
