@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -115,6 +116,9 @@ func serveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			log := app.NewLogger(cfg.Log)
+			// Libraries that log through slog's default (zitadel/oidc's
+			// provider) then write in the configured format and level.
+			slog.SetDefault(log)
 			srv, err := app.Start(cmd.Context(), cfg, log)
 			if err != nil {
 				return err

@@ -109,8 +109,17 @@ func mattermostSSOConfig(cfg config.Config, siteURL, clientID, buttonText, butto
 	}
 	b.WriteString("}\n\n# Or, with mmctl signed in as a system admin:\n")
 	for _, x := range settings {
-		v := fmt.Sprint(x.val)
-		fmt.Fprintf(&b, "mmctl config set GitLabSettings.%s %s\n", x.key, shellQuote(v))
+		v := shellQuote(fmt.Sprint(x.val))
+		if x.key == "Secret" {
+			// Read it where it is kept rather than put it in shell history.
+			switch ref := string(cl.Secret); {
+			case strings.HasPrefix(ref, "file:"):
+				v = `"$(cat ` + shellQuote(strings.TrimPrefix(ref, "file:")) + `)"`
+			case strings.HasPrefix(ref, "env:"):
+				v = `"$` + strings.TrimPrefix(ref, "env:") + `"`
+			}
+		}
+		fmt.Fprintf(&b, "mmctl config set GitLabSettings.%s %s\n", x.key, v)
 	}
 	b.WriteString("mmctl config set TeamSettings.EnableUserCreation true\n")
 	fmt.Fprintf(&b, "\n# People then choose %q on %s/login.\n", buttonText, siteURL)

@@ -31,6 +31,11 @@ func TestMattermostSSOConfig(t *testing.T) {
 			t.Errorf("output lacks %s:\n%s", want, out)
 		}
 	}
+	cfg.SSO.Clients[0].Secret = "file:/etc/mmgate/sso.secret"
+	if out, err := mattermostSSOConfig(cfg, "https://chat.corp.example", "", "", ""); err == nil ||
+		!strings.Contains(err.Error(), "/etc/mmgate/sso.secret") {
+		t.Errorf("an unreadable secret file: %v\n%s", err, out)
+	}
 	if _, err := mattermostSSOConfig(cfg, "https://other.corp.example", "", "", ""); err == nil ||
 		!strings.Contains(err.Error(), "https://other.corp.example/signup/gitlab/complete") {
 		t.Errorf("a site URL no client is registered for: %v", err)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/mmgate/mmgate/internal/config"
@@ -22,17 +24,41 @@ type ldapPasswords struct {
 
 func (l ldapPasswords) CheckPassword(ctx context.Context, login, password string) (sso.Profile, error) {
 	a, err := l.d.Authenticate(ctx, login, password, l.opts)
-	if errors.Is(err, ldapdir.ErrBadCredentials) {
+	if err != nil {
+		return sso.Profile{}, ldapError(err)
+	}
+	return ldapProfile(a), nil
+}
+
+// Refresh reads the account again on a sign-in from mmgate's session.
+func (l ldapPasswords) Refresh(ctx context.Context, subject string) (sso.Profile, error) {
+	id, ok := strings.CutPrefix(subject, "ldap:")
+	if !ok {
 		return sso.Profile{}, sso.ErrBadCredentials
 	}
+	a, err := l.d.AccountByID(ctx, id, l.opts)
 	if err != nil {
-		return sso.Profile{}, err
+		return sso.Profile{}, ldapError(err)
 	}
-	if a.Email == "" {
-		// Mattermost refuses a GitLab user without an email.
-		return sso.Profile{}, fmt.Errorf("the LDAP entry %s has no email address, which Mattermost needs", a.DN)
+	return ldapProfile(a), nil
+}
+
+func ldapProfile(a ldapdir.Account) sso.Profile {
+	return sso.Profile{Subject: "ldap:" + a.ID, Username: a.Username, Email: a.Email, Name: a.DisplayName}
+}
+
+func ldapError(err error) error {
+	var wp *ldapdir.WrongPasswordError
+	var ue *ldapdir.UnusableError
+	switch {
+	case errors.As(err, &wp):
+		return sso.WrongPassword{Account: wp.DN}
+	case errors.Is(err, ldapdir.ErrBadCredentials):
+		return sso.ErrBadCredentials
+	case errors.As(err, &ue):
+		return sso.AccountError{Reason: ue.Reason}
 	}
-	return sso.Profile{Subject: "ldap:" + a.ID, Username: a.Username, Email: a.Email, Name: a.DisplayName}, nil
+	return err
 }
 
 // OpenSSOStore opens the sign-in bridge's store: beside the spool (its own
@@ -62,6 +88,13 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 	o := sso.Options{Issuer: c.Issuer, Organization: c.Organization, LogoURL: c.LogoURL, Store: st,
 		SessionTTL: c.SessionTTL, CodeTTL: c.CodeTTL, TokenTTL: c.TokenTTL, LoginAttempts: c.LoginAttempts,
 		Logger: log}
+	for i, p := range c.TrustedProxies {
+		pfx, err := parsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("sso.trusted_proxies[%d]: %w", i, err)
+		}
+		o.TrustedProxies = append(o.TrustedProxies, pfx)
+	}
 	for i, cl := range c.Clients {
 		secret, err := cl.Secret.Resolve()
 		if err != nil {
@@ -88,7 +121,8 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 		}
 		o.Upstream = sso.NewOIDCUpstream(sso.OIDCUpstreamConfig{Issuer: c.OIDC.Issuer, ClientID: c.OIDC.ClientID,
 			ClientSecret: secret, RedirectURI: c.Issuer + "/sso/upstream/callback", Scopes: c.OIDC.Scopes,
-			Claims: sso.ClaimNames{Username: c.OIDC.UsernameClaim, Email: c.OIDC.EmailClaim, Name: c.OIDC.NameClaim}})
+			Claims:               sso.ClaimNames{Username: c.OIDC.UsernameClaim, Email: c.OIDC.EmailClaim, Name: c.OIDC.NameClaim},
+			AllowUnverifiedEmail: c.OIDC.AllowUnverifiedEmail})
 	}
 	b, err := sso.New(ctx, o)
 	if err != nil {
@@ -111,4 +145,16 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 		}
 	}()
 	return b.Routes(), nil
+}
+
+// parsePrefix reads a CIDR or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

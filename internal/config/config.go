@@ -155,6 +155,10 @@ type SSOConfig struct {
 	// address, may try per minute before getting 429 (default 5 per
 	// username, 4× that per address).
 	LoginAttempts int `koanf:"login_attempts"`
+	// TrustedProxies (addresses or CIDRs) are the reverse proxies in front
+	// of mmgate: their X-Forwarded-For names the client for the per-address
+	// limit. Without them every person behind the proxy shares one budget.
+	TrustedProxies []string `koanf:"trusted_proxies"`
 }
 
 // SSOLDAPConfig says how a password is checked against directory.ldap.
@@ -179,6 +183,9 @@ type SSOOIDCConfig struct {
 	UsernameClaim string `koanf:"username_claim"`
 	EmailClaim    string `koanf:"email_claim"`
 	NameClaim     string `koanf:"name_claim"`
+	// AllowUnverifiedEmail accepts an email the platform marks
+	// email_verified=false (Mattermost will treat it as verified).
+	AllowUnverifiedEmail bool `koanf:"allow_unverified_email"`
 }
 
 // SSOClient is one application that signs people in through mmgate.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/mail"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -551,6 +552,13 @@ func (c Config) validateSSO(add func(string, string, ...any)) {
 			u, err := url.Parse(r)
 			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Fragment != "" || strings.ContainsAny(r, "*") {
 				add(fmt.Sprintf("%s.redirect_uris[%d]", p, j), "%q must be an absolute http(s) URL without wildcards or fragment", r)
+			}
+		}
+	}
+	for i, p := range s.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				add(fmt.Sprintf("sso.trusted_proxies[%d]", i), "%q is not an address or CIDR (10.0.0.0/8)", p)
 			}
 		}
 	}

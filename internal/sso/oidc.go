@@ -236,7 +236,7 @@ func (s *storage) AuthRequestByID(ctx context.Context, id string) (op.AuthReques
 }
 
 func (s *storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
-	r, err := s.st.ClaimCode(ctx, code, s.codeTTL)
+	r, err := s.st.RequestByCode(ctx, code, s.codeTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -257,11 +257,16 @@ func (s *storage) CreateAccessToken(ctx context.Context, r op.TokenRequest) (str
 		return "", time.Time{}, fmt.Errorf("sso: subject %q is not an identity", r.GetSubject())
 	}
 	t := Token{ID: newID(), Identity: ident, Scopes: r.GetScopes(), ExpiresAt: time.Now().Add(s.tokTTL)}
-	reqID := ""
-	if a, ok := r.(*AuthRequest); ok {
-		t.ClientID, reqID = a.ClientID, a.ID
+	a, ok := r.(*AuthRequest)
+	if !ok {
+		return "", time.Time{}, fmt.Errorf("sso: tokens are issued for authorization codes only, not %T", r)
 	}
-	if err := s.st.SaveToken(ctx, t, reqID); err != nil {
+	t.ClientID = a.ClientID
+	// The client is authenticated by now: the code is used up here, once.
+	if err := s.st.UseCode(ctx, a.ID); err != nil {
+		return "", time.Time{}, oidc.ErrInvalidGrant().WithDescription("the code was already used").WithParent(err)
+	}
+	if err := s.st.SaveToken(ctx, t, a.ID); err != nil {
 		return "", time.Time{}, err
 	}
 	return t.ID, t.ExpiresAt, nil
@@ -283,8 +288,8 @@ func (s *storage) TerminateSession(ctx context.Context, userID, clientID string)
 	return s.st.DeleteTokens(ctx, "", id, clientID)
 }
 
-func (s *storage) RevokeToken(ctx context.Context, tokenOrID, _, _ string) *oidc.Error {
-	if err := s.st.DeleteTokens(ctx, tokenOrID, 0, ""); err != nil {
+func (s *storage) RevokeToken(ctx context.Context, tokenOrID, _, clientID string) *oidc.Error {
+	if err := s.st.DeleteTokens(ctx, tokenOrID, 0, clientID); err != nil {
 		return oidc.ErrServerError().WithParent(err)
 	}
 	return nil

@@ -17,12 +17,16 @@ package sso
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -31,7 +35,6 @@ import (
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
-	"golang.org/x/time/rate"
 )
 
 // Profile is what an upstream says about a person.
@@ -47,18 +50,43 @@ type Profile struct {
 // ErrBadCredentials is a wrong login or password.
 var ErrBadCredentials = errors.New("wrong username or password")
 
+// WrongPassword is ErrBadCredentials for a login that names an account:
+// failures are also counted against the account, whichever of its names
+// (uid, mail, …) was typed.
+type WrongPassword struct{ Account string }
+
+func (e WrongPassword) Error() string        { return "wrong password for " + e.Account }
+func (e WrongPassword) Is(target error) bool { return target == ErrBadCredentials }
+
+// AccountError is an account that exists but cannot sign in (no email, no
+// permanent id, disabled); Reason is shown to the person.
+type AccountError struct{ Reason string }
+
+func (e AccountError) Error() string { return e.Reason }
+
 // PasswordChecker checks a login and password (the LDAP upstream).
-// ErrBadCredentials for a wrong one; any other error means the upstream
-// could not answer.
+// ErrBadCredentials (or WrongPassword) for a wrong one, AccountError for an
+// account that cannot be used; any other error means the upstream could not
+// answer.
 type PasswordChecker interface {
 	CheckPassword(ctx context.Context, login, password string) (Profile, error)
+}
+
+// Refresher is a PasswordChecker that can read an account again by its
+// subject, so that a sign-in from mmgate's session still notices an account
+// that was disabled or changed. ErrBadCredentials or AccountError end the
+// session.
+type Refresher interface {
+	Refresh(ctx context.Context, subject string) (Profile, error)
 }
 
 // Redirector signs people in at another provider (the OIDC upstream).
 type Redirector interface {
 	// AuthURL is where the browser is sent; state comes back to
-	// /sso/upstream/callback. An error means the provider cannot be reached.
-	AuthURL(ctx context.Context, state string) (string, error)
+	// /sso/upstream/callback. forceLogin asks the provider for a fresh
+	// password (the client sent prompt=login or max_age). An error means
+	// the provider cannot be reached.
+	AuthURL(ctx context.Context, state string, forceLogin bool) (string, error)
 	// Exchange turns the callback's code into a profile.
 	Exchange(ctx context.Context, code, state string) (Profile, error)
 }
@@ -86,7 +114,10 @@ type Options struct {
 	CodeTTL       time.Duration
 	TokenTTL      time.Duration
 	LoginAttempts int
-	Logger        *slog.Logger
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client (for the per-address limit).
+	TrustedProxies []netip.Prefix
+	Logger         *slog.Logger
 }
 
 // Bridge is the sign-in bridge.
@@ -97,6 +128,7 @@ type Bridge struct {
 	secure   bool
 	limits   *limiter
 	log      *slog.Logger
+	flowKey  []byte
 }
 
 // Cookie names.
@@ -104,6 +136,7 @@ const (
 	sessionCookie  = "mmgate_session"
 	csrfCookie     = "mmgate_csrf"
 	upstreamCookie = "mmgate_upstream"
+	flowCookie     = "mmgate_flow_" // + a digest of the request id
 )
 
 // New builds the bridge; it reads (or creates) the shared keys in the store.
@@ -153,7 +186,6 @@ func New(ctx context.Context, o Options) (*Bridge, error) {
 		op.WithCustomRevocationEndpoint(op.NewEndpoint("oauth/revoke")),
 		op.WithCustomIntrospectionEndpoint(op.NewEndpoint("oauth/introspect")),
 		op.WithCustomEndSessionEndpoint(op.NewEndpoint("oauth/logout")),
-		op.WithLogger(o.Logger.With("component", "sso")),
 	}
 	secure := strings.HasPrefix(o.Issuer, "https://")
 	if !secure {
@@ -163,13 +195,18 @@ func New(ctx context.Context, o Options) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sso: %w", err)
 	}
-	return &Bridge{o: o, st: o.Store, provider: p, secure: secure, limits: newLimiter(o.LoginAttempts), log: o.Logger}, nil
+	fk := hmac.New(sha256.New, key[:])
+	fk.Write([]byte("mmgate sign-in flow"))
+	return &Bridge{o: o, st: o.Store, provider: p, secure: secure, limits: newLimiter(o.LoginAttempts), log: o.Logger,
+		flowKey: fk.Sum(nil)}, nil
 }
 
 // Routes are the bridge's endpoints by ServeMux pattern.
 func (b *Bridge) Routes() map[string]http.Handler {
 	return map[string]http.Handler{
 		"/oauth/":                               http.HandlerFunc(b.oauth),
+		"GET /oauth/authorize/callback":         http.HandlerFunc(b.authorizeCallback),
+		"GET /oauth/logout":                     http.HandlerFunc(b.endSession),
 		"GET /.well-known/openid-configuration": b.provider,
 		"GET /api/v4/user":                      http.HandlerFunc(b.gitlabUser),
 		"GET /sso/login":                        http.HandlerFunc(b.loginPage),
@@ -196,8 +233,91 @@ func (b *Bridge) oauth(w http.ResponseWriter, r *http.Request) {
 			r2.URL.RawQuery = q.Encode()
 			r = r2
 		}
+		w = &bindingWriter{ResponseWriter: w, b: b}
 	}
 	b.provider.ServeHTTP(w, r)
+}
+
+// A sign-in is bound to the browser that started it: /oauth/authorize sets
+// a cookie for the new request (an HMAC of its id), and the sign-in page,
+// the upstream callback and /oauth/authorize/callback refuse a browser
+// without it. Otherwise whoever started a request could have someone else's
+// browser complete it (by sending them the sign-in link) and take the code.
+
+// bindingWriter sets the flow cookie when the provider redirects a new
+// request to the sign-in page.
+type bindingWriter struct {
+	http.ResponseWriter
+	b *Bridge
+}
+
+func (w *bindingWriter) WriteHeader(code int) {
+	if code == http.StatusFound || code == http.StatusSeeOther {
+		prefix := w.b.o.Issuer + "/sso/login?id="
+		if loc := w.Header().Get("Location"); strings.HasPrefix(loc, prefix) {
+			if id, err := url.QueryUnescape(strings.TrimPrefix(loc, prefix)); err == nil && id != "" {
+				w.b.setCookie(w, w.b.flowName(id), w.b.flowValue(id), "/", 30*time.Minute)
+			}
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (b *Bridge) flowName(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return flowCookie + base64.RawURLEncoding.EncodeToString(h[:9])
+}
+
+func (b *Bridge) flowValue(id string) string {
+	m := hmac.New(sha256.New, b.flowKey)
+	m.Write([]byte(id))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// bound reports whether this browser started request id.
+func (b *Bridge) bound(r *http.Request, id string) bool {
+	c, err := r.Cookie(b.flowName(id))
+	return err == nil && hmac.Equal([]byte(c.Value), []byte(b.flowValue(id)))
+}
+
+func (b *Bridge) notThisBrowser(w http.ResponseWriter, r *http.Request) {
+	b.page(w, r, http.StatusBadRequest, pageData{Notice: "This sign-in was started in another browser (or its cookie " +
+		"expired). Go back to the application in this browser and choose sign in again."})
+}
+
+// authorizeCallback hands a completed sign-in to the provider, which
+// redirects to the client with the code, only in the browser that started it.
+func (b *Bridge) authorizeCallback(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("id")
+	if !b.bound(r, id) {
+		b.notThisBrowser(w, r)
+		return
+	}
+	b.setCookie(w, b.flowName(id), "", "/", -1)
+	b.provider.ServeHTTP(w, r)
+}
+
+// endSession is OIDC's RP-initiated logout (the end_session_endpoint of the
+// discovery document): it ends mmgate's session and shows the signed-out page.
+func (b *Bridge) endSession(w http.ResponseWriter, r *http.Request) {
+	if !b.endOwnSession(w, r) {
+		return
+	}
+	b.page(w, r, http.StatusOK, pageData{Notice: "You are signed out of " + b.o.Organization + "."})
+}
+
+// endOwnSession deletes the session row and cookie; false (with the error
+// page written) when the store failed.
+func (b *Bridge) endOwnSession(w http.ResponseWriter, r *http.Request) bool {
+	if s, err := r.Cookie(sessionCookie); err == nil && s.Value != "" {
+		if err := b.st.DeleteSession(r.Context(), s.Value); err != nil {
+			b.log.Error("sso: ending a session", "err", err)
+			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing out failed on our side. Try again."})
+			return false
+		}
+	}
+	b.setCookie(w, sessionCookie, "", "/", -1)
+	return true
 }
 
 // gitlabUser is GitLab's GET /api/v4/user as Mattermost reads it: a
@@ -233,6 +353,10 @@ func (b *Bridge) gitlabUser(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusServiceUnavailable, "unavailable", "the sign-in store cannot be read; try again")
 		return
 	}
+	if !contains(t.Scopes, gitlabScope) && !contains(t.Scopes, oidc.ScopeProfile) {
+		fail(http.StatusForbidden, "insufficient_scope", "403 Forbidden: the token was not issued for read_user or profile")
+		return
+	}
 	p, err := b.st.IdentityByID(r.Context(), t.Identity)
 	if err != nil {
 		b.log.Error("sso: reading an identity", "id", t.Identity, "err", err)
@@ -252,21 +376,24 @@ func (b *Bridge) callbackURL(id string) string {
 	return b.o.Issuer + "/oauth/authorize/callback?id=" + url.QueryEscape(id)
 }
 
-// finish records that p signed in for request req, starts (or keeps) the
-// session and sends the browser on to the provider's callback, which
-// redirects to the client with a code.
+func (b *Bridge) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
+	b.log.Error("sso: "+what, "err", err)
+	b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in failed on our side. Try again in a minute."})
+}
+
+// finish records that p signed in for request req, starts a new session
+// and sends the browser on to the provider's callback, which redirects to
+// the client with a code.
 func (b *Bridge) finish(w http.ResponseWriter, r *http.Request, req *AuthRequest, p Profile, amr string) {
 	ident, err := b.st.Upsert(r.Context(), Identity{Subject: p.Subject, Username: p.Username, Email: p.Email, Name: p.Name})
 	if err != nil {
-		b.log.Error("sso: recording a sign-in", "err", err)
-		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in failed on our side. Try again in a minute."})
+		b.unavailable(w, r, "recording a sign-in", err)
 		return
 	}
 	now := time.Now()
 	cookie := newID()
 	if err := b.st.SaveSession(r.Context(), cookie, ident.ID, now, b.o.SessionTTL); err != nil {
-		b.log.Error("sso: recording a session", "err", err)
-		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in failed on our side. Try again in a minute."})
+		b.unavailable(w, r, "recording a session", err)
 		return
 	}
 	b.setCookie(w, sessionCookie, cookie, "/", b.o.SessionTTL)
@@ -275,8 +402,13 @@ func (b *Bridge) finish(w http.ResponseWriter, r *http.Request, req *AuthRequest
 }
 
 func (b *Bridge) complete(w http.ResponseWriter, r *http.Request, req *AuthRequest, identity int64, at time.Time, amr string) {
-	if err := b.st.CompleteRequest(r.Context(), req.ID, identity, at, []string{amr}); err != nil {
+	err := b.st.CompleteRequest(r.Context(), req.ID, identity, at, []string{amr})
+	if errors.Is(err, ErrNotFound) {
 		b.expired(w, r)
+		return
+	}
+	if err != nil {
+		b.unavailable(w, r, "completing a sign-in", err)
 		return
 	}
 	http.Redirect(w, r, b.callbackURL(req.ID), http.StatusSeeOther)
@@ -287,7 +419,8 @@ func (b *Bridge) expired(w http.ResponseWriter, r *http.Request) {
 		"Go back to the application and choose sign in again."})
 }
 
-// request reads the authorization request the page is for.
+// request reads the authorization request the page is for, and checks
+// that this browser started it.
 func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *AuthRequest {
 	if id == "" {
 		b.page(w, r, http.StatusBadRequest, pageData{Notice: "Start from the application you want to use (Mattermost): " +
@@ -300,24 +433,67 @@ func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *Aut
 		return nil
 	}
 	if err != nil {
-		b.log.Error("sso: reading a sign-in request", "err", err)
-		b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing in is not possible right now. Try again in a minute."})
+		b.unavailable(w, r, "reading a sign-in request", err)
+		return nil
+	}
+	if !b.bound(r, id) {
+		b.notThisBrowser(w, r)
 		return nil
 	}
 	return req
 }
 
-// session returns the signed-in identity, or 0.
-func (b *Bridge) session(r *http.Request) (int64, time.Time) {
+// session returns the signed-in identity and the session cookie, or 0.
+func (b *Bridge) session(r *http.Request) (int64, time.Time, string) {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil || c.Value == "" {
-		return 0, time.Time{}
+		return 0, time.Time{}, ""
 	}
 	id, at, err := b.st.Session(r.Context(), c.Value)
 	if err != nil {
-		return 0, time.Time{}
+		return 0, time.Time{}, ""
 	}
-	return id, at
+	return id, at, c.Value
+}
+
+// fromSession completes req from mmgate's session when it may; it reports
+// whether it answered. With a Refresher upstream the account is read again
+// first: a disabled or deleted account ends the session.
+func (b *Bridge) fromSession(w http.ResponseWriter, r *http.Request, req *AuthRequest) bool {
+	id, at, cookie := b.session(r)
+	if id == 0 || req.forcesLogin() || (req.MaxAge != nil && time.Since(at) > time.Duration(*req.MaxAge)*time.Second) {
+		return false
+	}
+	ref, ok := b.o.Passwords.(Refresher)
+	if !ok {
+		b.complete(w, r, req, id, at, "session")
+		return true
+	}
+	ident, err := b.st.IdentityByID(r.Context(), id)
+	if err != nil {
+		b.unavailable(w, r, "reading the signed-in person", err)
+		return true
+	}
+	p, err := ref.Refresh(r.Context(), ident.Subject)
+	var ae AccountError
+	switch {
+	case errors.Is(err, ErrBadCredentials) || errors.As(err, &ae):
+		b.log.Info("sso: the session's account is gone or disabled; asking for the password", "id", id, "reason", err)
+		_ = b.st.DeleteSession(r.Context(), cookie)
+		b.setCookie(w, sessionCookie, "", "/", -1)
+		return false
+	case err != nil:
+		b.log.Error("sso: the directory did not answer", "err", err)
+		b.form(w, r, http.StatusServiceUnavailable, req, "",
+			"The directory cannot be reached right now, so you cannot be signed in. Try again in a minute.")
+		return true
+	}
+	if _, err := b.st.Upsert(r.Context(), Identity{Subject: p.Subject, Username: p.Username, Email: p.Email, Name: p.Name}); err != nil {
+		b.unavailable(w, r, "recording a sign-in", err)
+		return true
+	}
+	b.complete(w, r, req, id, at, "session")
+	return true
 }
 
 func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
@@ -325,9 +501,7 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 	if req == nil {
 		return
 	}
-	if id, at := b.session(r); id != 0 && !req.forcesLogin() &&
-		(req.MaxAge == nil || time.Since(at) <= time.Duration(*req.MaxAge)*time.Second) {
-		b.complete(w, r, req, id, at, "session")
+	if b.fromSession(w, r, req) {
 		return
 	}
 	if contains(req.Prompt, oidc.PromptNone) {
@@ -336,6 +510,7 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 		q.Set("error", "login_required")
 		q.Set("state", req.State)
 		u.RawQuery = q.Encode()
+		b.setCookie(w, b.flowName(req.ID), "", "/", -1)
 		http.Redirect(w, r, u.String(), http.StatusFound)
 		return
 	}
@@ -345,7 +520,7 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 			b.expired(w, r)
 			return
 		}
-		to, err := b.o.Upstream.AuthURL(r.Context(), state)
+		to, err := b.o.Upstream.AuthURL(r.Context(), state, req.forcesLogin())
 		if err != nil {
 			b.log.Error("sso: the upstream provider cannot be reached", "err", err)
 			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "The " + b.o.Organization +
@@ -367,6 +542,10 @@ func (b *Bridge) form(w http.ResponseWriter, r *http.Request, status int, req *A
 }
 
 func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
+	if b.o.Passwords == nil {
+		http.Error(w, "passwords are checked by the upstream provider", http.StatusMethodNotAllowed)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	if err := r.ParseForm(); err != nil {
 		b.page(w, r, http.StatusBadRequest, pageData{Notice: "The form could not be read. Go back and try again."})
@@ -386,27 +565,59 @@ func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		b.form(w, r, http.StatusBadRequest, req, login, "Enter your username or email and your password.")
 		return
 	}
-	if wait := b.limits.wait(clientIP(r), strings.ToLower(login)); wait > 0 {
+	ip := b.clientIP(r)
+	limited := func(wait time.Duration) {
 		secs := int(wait.Seconds() + 0.999)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		b.log.Warn("sso: sign-in attempts limited", "login", login, "ip", clientIP(r))
+		b.log.Warn("sso: sign-in attempts limited", "login", login, "ip", ip)
 		b.form(w, r, http.StatusTooManyRequests, req, login,
 			fmt.Sprintf("Too many sign-in attempts. Wait %d seconds, then try again.", secs))
+	}
+	// An attempt is reserved before the password is checked, so that
+	// parallel guesses cannot all pass the limit; a right password gives it back.
+	release, wait := b.limits.take("i\x00"+ip, "u\x00"+strings.ToLower(login))
+	if wait > 0 {
+		limited(wait)
 		return
 	}
 	p, err := b.o.Passwords.CheckPassword(r.Context(), login, password)
+	var wp WrongPassword
+	var ae AccountError
+	account := ""
+	if errors.As(err, &wp) {
+		account = wp.Account
+	} else if err == nil {
+		account = p.Subject
+	}
+	// The account's own budget covers every name it can be typed as; once
+	// spent, even the right password waits, so that it is not revealed.
+	if account != "" {
+		if wait := b.limits.check("a\x00" + account); wait > 0 {
+			limited(wait)
+			return
+		}
+	}
 	switch {
 	case errors.Is(err, ErrBadCredentials):
-		b.limits.fail(clientIP(r), strings.ToLower(login))
-		b.log.Info("sso: wrong password", "login", login, "ip", clientIP(r))
+		if account != "" {
+			b.limits.spend("a\x00" + account)
+		}
+		b.log.Info("sso: wrong password", "login", login, "ip", ip)
 		b.form(w, r, http.StatusUnauthorized, req, login, "Wrong username or password.")
 		return
+	case errors.As(err, &ae):
+		release()
+		b.log.Warn("sso: an account that cannot sign in", "login", login, "reason", ae.Reason)
+		b.form(w, r, http.StatusForbidden, req, login, "Your account cannot be used to sign in: "+ae.Reason+". Ask your administrator.")
+		return
 	case err != nil:
+		release()
 		b.log.Error("sso: the directory did not answer", "err", err)
 		b.form(w, r, http.StatusServiceUnavailable, req, login,
 			"The directory cannot be reached right now, so your password cannot be checked. Try again in a minute.")
 		return
 	}
+	release()
 	b.finish(w, r, req, p, "pwd")
 }
 
@@ -424,6 +635,10 @@ func (b *Bridge) upstreamCallback(w http.ResponseWriter, r *http.Request) {
 		b.expired(w, r)
 		return
 	}
+	if !b.bound(r, req.ID) {
+		b.notThisBrowser(w, r)
+		return
+	}
 	b.setCookie(w, upstreamCookie, "", "/sso/upstream/", -1)
 	if e := q.Get("error"); e != "" {
 		b.log.Info("sso: the upstream refused", "error", e, "description", q.Get("error_description"))
@@ -432,6 +647,12 @@ func (b *Bridge) upstreamCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := b.o.Upstream.Exchange(r.Context(), q.Get("code"), state)
+	var ae AccountError
+	if errors.As(err, &ae) {
+		b.log.Warn("sso: an upstream account that cannot sign in", "reason", ae.Reason)
+		b.page(w, r, http.StatusForbidden, pageData{Notice: "Your account cannot be used to sign in: " + ae.Reason + ". Ask your administrator."})
+		return
+	}
 	if err != nil {
 		b.log.Error("sso: the upstream exchange failed", "err", err)
 		b.page(w, r, http.StatusBadGateway, pageData{Notice: "The sign-in service's answer could not be verified. " +
@@ -441,9 +662,10 @@ func (b *Bridge) upstreamCallback(w http.ResponseWriter, r *http.Request) {
 	b.finish(w, r, req, p, "oidc")
 }
 
+// logoutPage shows a sign-out button (a GET must not sign out: any page
+// could link to it); logoutSubmit signs out.
 func (b *Bridge) logoutPage(w http.ResponseWriter, r *http.Request) {
-	id, _ := b.session(r)
-	if id == 0 {
+	if id, _, _ := b.session(r); id == 0 {
 		b.page(w, r, http.StatusOK, pageData{Notice: "You are signed out of " + b.o.Organization + "."})
 		return
 	}
@@ -460,14 +682,9 @@ func (b *Bridge) logoutSubmit(w http.ResponseWriter, r *http.Request) {
 		b.page(w, r, http.StatusForbidden, pageData{Notice: "This form expired. Open the sign-out page again."})
 		return
 	}
-	if s, err := r.Cookie(sessionCookie); err == nil && s.Value != "" {
-		if err := b.st.DeleteSession(r.Context(), s.Value); err != nil {
-			b.log.Error("sso: ending a session", "err", err)
-			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing out failed on our side. Try again."})
-			return
-		}
+	if !b.endOwnSession(w, r) {
+		return
 	}
-	b.setCookie(w, sessionCookie, "", "/", -1)
 	b.page(w, r, http.StatusOK, pageData{Notice: "You are signed out of " + b.o.Organization + "."})
 }
 
@@ -483,10 +700,40 @@ func (b *Bridge) setCookie(w http.ResponseWriter, name, value, path string, maxA
 	http.SetCookie(w, c)
 }
 
-func clientIP(r *http.Request) string {
+// clientIP is the connection's address or, behind a trusted proxy, the
+// last address in X-Forwarded-For that is not a trusted proxy.
+func (b *Bridge) clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
+	}
+	trusted := func(s string) bool {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return false
+		}
+		for _, p := range b.o.TrustedProxies {
+			if p.Contains(a.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
+	if !trusted(host) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		h := strings.TrimSpace(hops[i])
+		if h == "" {
+			continue
+		}
+		if !trusted(h) {
+			if a, err := netip.ParseAddr(h); err == nil {
+				return a.Unmap().String()
+			}
+			return host // garbage: count it against the proxy
+		}
 	}
 	return host
 }
@@ -502,7 +749,9 @@ func contains(s []string, v string) bool {
 
 // ------------------------------------------------------------ rate limits
 
-// limiter bounds sign-in attempts per login name and per client address.
+// limiter bounds failed sign-ins per client address (4× the budget), per
+// typed login and per account: token buckets of perMin attempts, refilled
+// evenly over a minute.
 type limiter struct {
 	mu      sync.Mutex
 	perMin  int
@@ -511,43 +760,69 @@ type limiter struct {
 }
 
 type bucket struct {
-	l    *rate.Limiter
-	seen time.Time
+	tokens float64
+	burst  float64
+	last   time.Time
 }
 
 func newLimiter(perMin int) *limiter {
 	return &limiter{perMin: perMin, buckets: map[string]*bucket{}, swept: time.Now()}
 }
 
-// wait says how long ip or login must wait before the next attempt (0:
-// go ahead). Only failures spend attempts (fail): people who type their
-// password right are never slowed down.
-func (l *limiter) wait(ip, login string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	var w time.Duration
-	for _, b := range []*bucket{l.get(now, "u\x00"+login, l.perMin), l.get(now, "i\x00"+ip, 4*l.perMin)} {
-		if tok := b.l.TokensAt(now); tok < 1 {
-			w = max(w, time.Duration((1-tok)/float64(b.l.Limit())*float64(time.Second)))
-		}
+// wait is how long until the bucket holds an attempt (0: now).
+func (b *bucket) wait(now time.Time) time.Duration {
+	perSec := b.burst / 60
+	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*perSec)
+	b.last = now
+	if b.tokens >= 1 {
+		return 0
 	}
-	return w
+	return time.Duration((1 - b.tokens) / perSec * float64(time.Second))
 }
 
-// fail spends one attempt of ip and of login.
-func (l *limiter) fail(ip, login string) {
+// take reserves one attempt of the address key ip and of login. When
+// either is spent it reserves nothing and says how long to wait; else
+// release gives the attempt back (a right password, or no answer).
+func (l *limiter) take(ip, login string) (release func(), wait time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	l.get(now, "u\x00"+login, l.perMin).l.AllowN(now, 1)
-	l.get(now, "i\x00"+ip, 4*l.perMin).l.AllowN(now, 1)
+	bi, bu := l.get(now, ip, 4*l.perMin), l.get(now, login, l.perMin)
+	if w := max(bi.wait(now), bu.wait(now)); w > 0 {
+		return nil, w
+	}
+	bi.tokens--
+	bu.tokens--
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		bi.tokens = min(bi.burst, bi.tokens+1)
+		bu.tokens = min(bu.burst, bu.tokens+1)
+	}, 0
+}
+
+// check says how long key must wait (0: it has an attempt left).
+func (l *limiter) check(key string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	return l.get(now, key, l.perMin).wait(now)
+}
+
+// spend takes one attempt of key.
+func (l *limiter) spend(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	b := l.get(now, key, l.perMin)
+	b.wait(now)
+	b.tokens--
 }
 
 func (l *limiter) get(now time.Time, key string, n int) *bucket {
 	if now.Sub(l.swept) > time.Minute {
 		for k, b := range l.buckets {
-			if now.Sub(b.seen) > 10*time.Minute {
+			if now.Sub(b.last) > 10*time.Minute {
 				delete(l.buckets, k)
 			}
 		}
@@ -555,9 +830,8 @@ func (l *limiter) get(now time.Time, key string, n int) *bucket {
 	}
 	b := l.buckets[key]
 	if b == nil {
-		b = &bucket{l: rate.NewLimiter(rate.Limit(float64(n)/60), n)}
+		b = &bucket{tokens: float64(n), burst: float64(n), last: now}
 		l.buckets[key] = b
 	}
-	b.seen = now
 	return b
 }

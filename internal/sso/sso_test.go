@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -37,10 +39,27 @@ func (p *passwords) CheckPassword(_ context.Context, login, password string) (Pr
 		return Profile{}, errors.New("ldap: connection refused")
 	}
 	u, ok := p.users[login]
-	if !ok || password != "pw-"+login {
+	if !ok {
 		return Profile{}, ErrBadCredentials
 	}
+	if password != "pw-"+login {
+		return Profile{}, WrongPassword{Account: u.Subject}
+	}
 	return u, nil
+}
+
+func (p *passwords) Refresh(_ context.Context, subject string) (Profile, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		return Profile{}, errors.New("ldap: connection refused")
+	}
+	for _, u := range p.users {
+		if u.Subject == subject {
+			return u, nil
+		}
+	}
+	return Profile{}, ErrBadCredentials
 }
 
 const (
@@ -218,18 +237,22 @@ func TestMattermostFlowAndStableID(t *testing.T) {
 		t.Fatalf("/api/v4/user: %d %v", st, user)
 	}
 
-	// The second sign-in in the same browser needs no password.
+	// The second sign-in in the same browser needs no password (signIn
+	// fails if a form is shown and the password is not taken).
 	e.pw.mu.Lock()
-	e.pw.down = true // a password check now would fail
+	e.pw.users["alice"] = Profile{Subject: "ldap:uuid-alice", Username: "alice", Email: "alice@corp.test", Name: "Alice Smith"}
 	e.pw.mu.Unlock()
-	u2 := e.signIn(c, "alice", nil)
+	resp, _ := get(t, c, e.authorizeURL(nil))
+	if resp.StatusCode/100 != 3 || !strings.HasPrefix(resp.Header.Get("Location"), mmRedirect) {
+		t.Fatalf("second sign-in in the same browser: %d %q, want a redirect to the client without a form", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	u2, _ := url.Parse(resp.Header.Get("Location"))
 	_, tok2 := e.exchange(u2.Query().Get("code"), secret, nil)
 	_, user2 := e.gitlabUser(tok2["access_token"].(string))
 	if user2["id"] != user["id"] {
 		t.Errorf("second sign-in: id %v, first %v", user2["id"], user["id"])
 	}
 	e.pw.mu.Lock()
-	e.pw.down = false
 	// Renamed and re-addressed upstream: same subject, same id.
 	e.pw.users["alice"] = Profile{Subject: "ldap:uuid-alice", Username: "alice.smith", Email: "asmith@corp.test", Name: "Alice Smith"}
 	e.pw.users["bob"] = Profile{Subject: "ldap:uuid-bob", Username: "bob", Email: "bob@corp.test", Name: "Bob"}
@@ -262,11 +285,14 @@ func TestNegativeCases(t *testing.T) {
 		t.Errorf("unknown client: %d", resp.StatusCode)
 	}
 
-	// Wrong client secret: refused, and the code is not usable afterwards
-	// by anyone (it was presented).
+	// Wrong client secret: refused, and the code is not used up by it (a
+	// caller without the secret cannot burn a code).
 	u := e.signIn(c, "alice", nil)
 	if st, out := e.exchange(u.Query().Get("code"), "wrong", nil); st != 401 && st != 400 || out["error"] != "invalid_client" {
 		t.Errorf("wrong secret: %d %v", st, out)
+	}
+	if st, out := e.exchange(u.Query().Get("code"), secret, nil); st != 200 {
+		t.Errorf("the right client after a wrong secret: %d %v", st, out)
 	}
 
 	// Reused code: the second exchange fails and the first token is revoked.
@@ -331,17 +357,24 @@ func TestLoginPageGuards(t *testing.T) {
 	}
 	fields := formFields(t, page)
 
-	// A post without the CSRF cookie (another site's form) is refused.
+	// A post from another browser (another site's form: no cookies) is
+	// refused, and so is one whose CSRF field does not match the cookie.
 	plain := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	r2, err := plain.PostForm(e.srv.URL+"/sso/login", url.Values{"id": {fields.Get("id")}, "csrf": {fields.Get("csrf")},
 		"login": {"alice"}, "password": {"pw-alice"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2.Body.Close()
-	if r2.StatusCode != http.StatusForbidden {
-		t.Errorf("post without the CSRF cookie: %d, want 403", r2.StatusCode)
+	drain(r2)
+	if r2.StatusCode != http.StatusBadRequest && r2.StatusCode != http.StatusForbidden {
+		t.Errorf("post from a browser without the cookies: %d, want 400 or 403", r2.StatusCode)
 	}
+	forged := url.Values{"id": {fields.Get("id")}, "csrf": {"forged"}}
+	if resp, page := e.submit(c, forged, "alice", "pw-alice"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("post with a CSRF field that is not the cookie's: %d, want 403\n%s", resp.StatusCode, page)
+	}
+	_, page = get(t, c, e.srv.URL+"/sso/login?id="+url.QueryEscape(fields.Get("id")))
+	fields = formFields(t, page)
 
 	// Wrong passwords: 401 with the message, then 429 once the attempts are spent.
 	resp, page = e.submit(c, fields, "alice", "guess1")
@@ -408,7 +441,10 @@ func TestLogoutEndsTheSession(t *testing.T) {
 
 func TestCookiesAreSecureOverHTTPS(t *testing.T) {
 	e := newEnv(t, nil)
-	b := &Bridge{secure: true}
+	b, err := New(context.Background(), Options{Issuer: "https://sso.corp.test", Store: e.store, Passwords: e.pw})
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := httptest.NewRecorder()
 	b.setCookie(w, sessionCookie, "v", "/", time.Hour)
 	sc := w.Header().Get("Set-Cookie")
@@ -499,4 +535,134 @@ func FuzzUntrustedInputs(f *testing.F) {
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+}
+
+// The attack: someone starts a sign-in in their browser and gets a signed-in
+// person to open its /sso/login link; the sign-in must not complete for the
+// attacker, and the attacker cannot redeem it.
+func TestSignInIsBoundToTheBrowser(t *testing.T) {
+	e := newEnv(t, nil)
+	victim := e.browser()
+	e.signIn(victim, "alice", nil) // the victim has a session
+	attacker := e.browser()
+	attacker.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, _ := get(t, attacker, e.authorizeURL(url.Values{"state": {"ATTACKER"}}))
+	link := resp.Header.Get("Location")
+	if !strings.Contains(link, "/sso/login?id=") {
+		t.Fatalf("authorize: %d %q", resp.StatusCode, link)
+	}
+	id, _ := url.QueryUnescape(link[strings.Index(link, "id=")+3:])
+	victim.CheckRedirect = attacker.CheckRedirect
+	resp, page := get(t, victim, link)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(page, "another browser") {
+		t.Errorf("the victim opening the attacker's link: %d %q\n%s", resp.StatusCode, resp.Header.Get("Location"), page)
+	}
+	resp, _ = get(t, attacker, e.srv.URL+"/oauth/authorize/callback?id="+url.QueryEscape(id))
+	if strings.Contains(resp.Header.Get("Location"), "code=") {
+		t.Errorf("the attacker got a code: %q", resp.Header.Get("Location"))
+	}
+	// Nor can the victim's browser be used for the callback of a request
+	// the attacker's browser completed.
+	resp, page = get(t, victim, e.srv.URL+"/oauth/authorize/callback?id="+url.QueryEscape(id))
+	if resp.StatusCode != http.StatusBadRequest || strings.Contains(resp.Header.Get("Location"), "code=") {
+		t.Errorf("callback from another browser: %d %q %s", resp.StatusCode, resp.Header.Get("Location"), page)
+	}
+}
+
+type slowWrong struct{ n atomic.Int32 }
+
+func (s *slowWrong) CheckPassword(context.Context, string, string) (Profile, error) {
+	s.n.Add(1)
+	time.Sleep(100 * time.Millisecond)
+	return Profile{}, ErrBadCredentials
+}
+
+func TestParallelGuessesAreLimited(t *testing.T) {
+	sw := &slowWrong{}
+	e := newEnv(t, func(o *Options) { o.Passwords = sw; o.LoginAttempts = 5 })
+	c := e.browser()
+	_, page := get(t, c, e.authorizeURL(nil))
+	f := formFields(t, page)
+	var wg sync.WaitGroup
+	var limited atomic.Int32
+	for range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := c.PostForm(e.srv.URL+"/sso/login", url.Values{"id": {f.Get("id")}, "csrf": {f.Get("csrf")}, "login": {"alice"}, "password": {"x"}})
+			if err == nil {
+				if r.StatusCode == http.StatusTooManyRequests {
+					limited.Add(1)
+				}
+				drain(r)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := sw.n.Load(); n > 5 {
+		t.Errorf("%d passwords checked in parallel with a budget of 5", n)
+	}
+	if limited.Load() < 35 {
+		t.Errorf("%d of 40 parallel guesses got 429", limited.Load())
+	}
+}
+
+func TestAccountBudgetCoversEveryName(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LoginAttempts = 2 })
+	e.pw.mu.Lock()
+	e.pw.users["alice@corp.test"] = e.pw.users["alice"] // the same account by its email
+	e.pw.mu.Unlock()
+	c := e.browser()
+	_, page := get(t, c, e.authorizeURL(nil))
+	for _, login := range []string{"alice", "alice"} {
+		_, page = e.submit(c, formFields(t, page), login, "guess")
+	}
+	resp, page := e.submit(c, formFields(t, page), "alice@corp.test", "pw-alice@corp.test")
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("the account's budget is spent, another name of it: %d, want 429\n%s", resp.StatusCode, page)
+	}
+}
+
+func TestClientAddressBehindTrustedProxies(t *testing.T) {
+	b := &Bridge{o: Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	for _, c := range []struct{ remote, xff, want string }{
+		{"192.0.2.1:5000", "203.0.113.9", "192.0.2.1"},                // not a proxy: its header is ignored
+		{"10.0.0.2:5000", "203.0.113.9", "203.0.113.9"},               // the proxy names the client
+		{"10.0.0.2:5000", "198.51.100.7, 203.0.113.9", "203.0.113.9"}, // the client cannot pick its address
+		{"10.0.0.2:5000", "203.0.113.9, 10.0.0.3", "203.0.113.9"},     // two proxies
+		{"10.0.0.2:5000", "", "10.0.0.2"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/sso/login", nil)
+		r.RemoteAddr = c.remote
+		if c.xff != "" {
+			r.Header.Set("X-Forwarded-For", c.xff)
+		}
+		if got := b.clientIP(r); got != c.want {
+			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", c.remote, c.xff, got, c.want)
+		}
+	}
+}
+
+func TestEndSessionAndDisabledAccounts(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.browser()
+	e.signIn(c, "alice", nil)
+	resp, page := get(t, c, e.srv.URL+"/oauth/logout")
+	if resp.StatusCode != 200 || !strings.Contains(page, "signed out") {
+		t.Fatalf("/oauth/logout: %d\n%s", resp.StatusCode, page)
+	}
+	resp, page = get(t, c, e.authorizeURL(nil))
+	if resp.StatusCode != 200 || !strings.Contains(page, `name="password"`) {
+		t.Errorf("after /oauth/logout the password is asked again: %d", resp.StatusCode)
+	}
+	// A session whose account is gone from the directory asks for the password.
+	c2 := e.browser()
+	e.signIn(c2, "alice", nil)
+	e.pw.mu.Lock()
+	delete(e.pw.users, "alice")
+	e.pw.mu.Unlock()
+	resp, page = get(t, c2, e.authorizeURL(nil))
+	if resp.StatusCode != 200 || !strings.Contains(page, `name="password"`) {
+		t.Errorf("a session of a deleted account: %d %q, want the password page", resp.StatusCode, resp.Header.Get("Location"))
+	}
 }

@@ -26,8 +26,11 @@ import (
 // restarts: SQLite (its own file beside the spool's, so that sign-ins never
 // wait behind mail) or the spool's PostgreSQL database (tables sso_*).
 //
-// Codes, tokens and sessions are stored as SHA-256 hashes: a copy of the
-// database does not sign anyone in.
+// Codes and session cookies are stored as SHA-256 hashes, and access
+// tokens by an id inside an encrypted token, so a copy of the rows alone
+// redeems nothing. The keys (sso_keys: the token encryption key and the ID
+// token signing key) are in the database too, so that replicas share them:
+// protect the database as you protect the mail in it.
 type Store struct {
 	db  *sql.DB
 	pg  bool
@@ -78,6 +81,20 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 	if pg {
 		id = fmt.Sprintf("BIGINT GENERATED ALWAYS AS IDENTITY (START WITH %d) PRIMARY KEY", base)
 	}
+	// Replicas starting together create the tables one after the other:
+	// concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL.
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sso: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if pg {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7262864208)`); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sso: %w", err)
+		}
+	}
 	for _, q := range []string{
 		`CREATE TABLE IF NOT EXISTS sso_identities (
 			id ` + id + `,
@@ -113,17 +130,21 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 			name TEXT PRIMARY KEY,
 			value TEXT NOT NULL)`,
 	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
 			_ = db.Close()
 			return nil, fmt.Errorf("sso: creating tables: %w", err)
 		}
 	}
 	if !pg {
-		if _, err := db.ExecContext(ctx, `INSERT INTO sqlite_sequence (name, seq) SELECT 'sso_identities', ?
+		if _, err := tx.ExecContext(ctx, `INSERT INTO sqlite_sequence (name, seq) SELECT 'sso_identities', ?
 			WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sso_identities')`, base); err != nil {
 			_ = db.Close()
 			return nil, fmt.Errorf("sso: seeding the id sequence: %w", err)
 		}
+	}
+	if err := tx.Commit(); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sso: creating tables: %w", err)
 	}
 	return s, nil
 }
@@ -277,26 +298,50 @@ func (s *Store) SetCode(ctx context.Context, id, code string) error {
 // exchange issued have been revoked (RFC 6749 §4.1.2).
 var ErrCodeReused = errors.New("authorization code already used")
 
-// ClaimCode takes the request of an unused code younger than ttl and marks
-// the code used, atomically: of two exchanges of one code, one wins.
-func (s *Store) ClaimCode(ctx context.Context, code string, ttl time.Duration) (*AuthRequest, error) {
+// RequestByCode returns the request of an unused code younger than ttl. It
+// does not use the code up: the provider checks the client first, and
+// UseCode then takes it atomically, so that a caller without the client's
+// secret cannot burn a code. A code already used revokes the tokens it gave.
+func (s *Store) RequestByCode(ctx context.Context, code string, ttl time.Duration) (*AuthRequest, error) {
 	h := hash(code)
-	n, err := s.exec(ctx, `UPDATE sso_requests SET code_used = 1 WHERE code = ? AND code_used = 0 AND code_at > ?`,
-		h, s.now().Add(-ttl).UnixMilli())
+	var data string
+	var identity, codeAt int64
+	var used int
+	var id string
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, data, identity, code_at, code_used FROM sso_requests WHERE code = ?`), h).
+		Scan(&id, &data, &identity, &codeAt, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
 	if err != nil {
 		return nil, err
 	}
-	if n == 0 {
-		var id string
-		var used int
-		err := s.db.QueryRowContext(ctx, s.q(`SELECT id, code_used FROM sso_requests WHERE code = ?`), h).Scan(&id, &used)
-		if err == nil && used == 1 {
-			_, _ = s.exec(ctx, `DELETE FROM sso_tokens WHERE request_id = ?`, id)
-			return nil, ErrCodeReused
-		}
-		return nil, ErrNotFound // unknown or expired
+	if used == 1 {
+		_, _ = s.exec(ctx, `DELETE FROM sso_tokens WHERE request_id = ?`, id)
+		return nil, ErrCodeReused
 	}
-	return s.scanRequest(s.db.QueryRowContext(ctx, s.q(`SELECT data, identity FROM sso_requests WHERE code = ?`), h))
+	if codeAt <= s.now().Add(-ttl).UnixMilli() {
+		return nil, ErrNotFound
+	}
+	r := &AuthRequest{}
+	if err := json.Unmarshal([]byte(data), r); err != nil {
+		return nil, err
+	}
+	r.Identity = identity
+	return r, nil
+}
+
+// UseCode marks the code of request id used; of two exchanges of one code,
+// one gets nil and the other ErrCodeReused.
+func (s *Store) UseCode(ctx context.Context, id string) error {
+	n, err := s.exec(ctx, `UPDATE sso_requests SET code_used = 1 WHERE id = ? AND code IS NOT NULL AND code_used = 0`, id)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrCodeReused
+	}
+	return nil
 }
 
 // DeleteRequest forgets a request that has no code yet. One whose code was
@@ -364,11 +409,11 @@ func (s *Store) Token(ctx context.Context, id string) (Token, error) {
 	return t, nil
 }
 
-// DeleteTokens revokes a token by id, or every token of identity for
+// DeleteTokens revokes clientID's token id, or every token of identity for
 // clientID when id is "".
 func (s *Store) DeleteTokens(ctx context.Context, id string, identity int64, clientID string) error {
 	if id != "" {
-		_, err := s.exec(ctx, `DELETE FROM sso_tokens WHERE id = ?`, id)
+		_, err := s.exec(ctx, `DELETE FROM sso_tokens WHERE id = ? AND client_id = ?`, id, clientID)
 		return err
 	}
 	_, err := s.exec(ctx, `DELETE FROM sso_tokens WHERE identity = ? AND client_id = ?`, identity, clientID)

@@ -56,6 +56,12 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 		if err := st.SetCode(ctx, r.ID, "code-2"); err == nil {
 			t.Error("a second code for one sign-in")
 		}
+		if got, err := st.RequestByCode(ctx, "code-1", time.Minute); err != nil || got.Identity != 42 {
+			t.Fatalf("request by code: %+v %v", got, err)
+		}
+		if _, err := st.RequestByCode(ctx, "code-1", time.Minute); err != nil {
+			t.Errorf("reading a code does not use it up: %v", err)
+		}
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		wins := 0
@@ -63,7 +69,7 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if got, err := st.ClaimCode(ctx, "code-1", time.Minute); err == nil && got.Identity == 42 {
+				if err := st.UseCode(ctx, r.ID); err == nil {
 					mu.Lock()
 					wins++
 					mu.Unlock()
@@ -72,10 +78,26 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 		}
 		wg.Wait()
 		if wins != 1 {
-			t.Errorf("%d of 8 racing exchanges got the code, want 1", wins)
+			t.Errorf("%d of 8 racing exchanges used the code, want 1", wins)
 		}
-		if _, err := st.ClaimCode(ctx, "code-1", time.Minute); !errors.Is(err, ErrCodeReused) {
+		if err := st.SaveToken(ctx, Token{ID: "tok", Identity: 42, ClientID: "c", ExpiresAt: time.Now().Add(time.Hour)}, r.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.RequestByCode(ctx, "code-1", time.Minute); !errors.Is(err, ErrCodeReused) {
 			t.Errorf("replay: %v, want ErrCodeReused", err)
+		}
+		if _, err := st.Token(ctx, "tok"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("the token of a replayed code: %v, want revoked", err)
+		}
+		st.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+		defer func() { st.now = time.Now }()
+		r2 := &AuthRequest{ID: newID()}
+		_ = st.SaveRequest(ctx, r2, time.Hour)
+		_ = st.CompleteRequest(ctx, r2.ID, 42, time.Now(), nil)
+		_ = st.SetCode(ctx, r2.ID, "code-2")
+		st.now = func() time.Time { return time.Now().Add(4 * time.Minute) }
+		if _, err := st.RequestByCode(ctx, "code-2", time.Minute); !errors.Is(err, ErrNotFound) {
+			t.Errorf("expired code: %v, want ErrNotFound", err)
 		}
 	})
 	t.Run("keys are shared: the first one stored wins", func(t *testing.T) {

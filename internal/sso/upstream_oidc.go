@@ -43,6 +43,9 @@ type OIDCUpstreamConfig struct {
 	RedirectURI string
 	Scopes      []string
 	Claims      ClaimNames
+	// AllowUnverifiedEmail accepts an email the platform marks
+	// email_verified=false.
+	AllowUnverifiedEmail bool
 }
 
 type nonceKey struct{}
@@ -95,15 +98,19 @@ func (u *OIDCUpstream) relyingParty(ctx context.Context) (rp.RelyingParty, error
 }
 
 // AuthURL implements Redirector.
-func (u *OIDCUpstream) AuthURL(ctx context.Context, state string) (string, error) {
+func (u *OIDCUpstream) AuthURL(ctx context.Context, state string, forceLogin bool) (string, error) {
 	party, err := u.relyingParty(ctx)
 	if err != nil {
 		return "", err
 	}
-	nonce := func() []oauth2.AuthCodeOption {
-		return []oauth2.AuthCodeOption{oauth2.SetAuthURLParam("nonce", nonceFor(state))}
+	params := func() []oauth2.AuthCodeOption {
+		o := []oauth2.AuthCodeOption{oauth2.SetAuthURLParam("nonce", nonceFor(state))}
+		if forceLogin {
+			o = append(o, oauth2.SetAuthURLParam("prompt", "login"), oauth2.SetAuthURLParam("max_age", "0"))
+		}
+		return o
 	}
-	return rp.AuthURL(state, party, nonce), nil
+	return rp.AuthURL(state, party, params), nil
 }
 
 // Exchange implements Redirector: it redeems the code, verifies the ID
@@ -146,7 +153,12 @@ func (u *OIDCUpstream) Exchange(ctx context.Context, code, state string) (Profil
 	p := Profile{Subject: "oidc:" + u.issuer + "#" + c.Subject, Username: strings.ToLower(get(u.claims.Username)),
 		Email: strings.ToLower(get(u.claims.Email)), Name: get(u.claims.Name)}
 	if p.Email == "" {
-		return Profile{}, fmt.Errorf("the upstream gave no %q claim: Mattermost needs an email", u.claims.Email)
+		return Profile{}, AccountError{Reason: fmt.Sprintf("the sign-in service gave no email address (claim %q), which Mattermost needs", u.claims.Email)}
+	}
+	// Mattermost marks the address verified: never hand it one the
+	// platform says it has not verified (someone could claim another's).
+	if v, ok := claims["email_verified"].(bool); ok && !v && !u.cfg.AllowUnverifiedEmail {
+		return Profile{}, AccountError{Reason: "the sign-in service has not verified your email address " + p.Email}
 	}
 	if p.Username == "" {
 		p.Username, _, _ = strings.Cut(p.Email, "@")

@@ -137,7 +137,7 @@ func configureGitLab(t *testing.T, s *suite, g *gate) map[string]any {
 		t.Fatalf("the GitLabSettings block is not JSON: %v\n%s", err, out)
 	}
 	for _, want := range []string{"mmctl config set GitLabSettings.TokenEndpoint http://" + g.httpAddr + "/oauth/token",
-		"mmctl config set TeamSettings.EnableUserCreation true"} {
+		"mmctl config set TeamSettings.EnableUserCreation true", `mmctl config set GitLabSettings.Secret "$(cat `} {
 		if !strings.Contains(out, want) {
 			t.Errorf("mattermost-config lacks %q:\n%s", want, out)
 		}
@@ -386,14 +386,18 @@ func screenshots(t *testing.T, s *suite, g *gate, errorPage string) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// A fresh sign-in page (Chromium has no cookies: a new request id).
+	// The pages as mmgate sent them to a browser that started a sign-in
+	// (Chromium itself has not: the page would say so).
 	fresh := newBrowser(t)
-	fresh.stopAt = func(u *url.URL) bool { return strings.HasPrefix(u.Path, "/sso/login") }
-	resp, _ := fresh.get(s.mmURL + "/oauth/gitlab/login")
-	loginURL := resp.Header.Get("Location")
-	if !strings.HasPrefix(loginURL, "http://"+g.httpAddr+"/sso/login") {
-		t.Fatalf("no sign-in page URL: %d %q", resp.StatusCode, loginURL)
+	resp, formPage := fresh.get(s.mmURL + "/oauth/gitlab/login")
+	if !strings.HasPrefix(resp.Request.URL.String(), "http://"+g.httpAddr+"/sso/login") || !strings.Contains(formPage, `name="password"`) {
+		t.Fatalf("no sign-in page: %d %s", resp.StatusCode, resp.Request.URL)
 	}
+	formFile := filepath.Join(out, "login.html")
+	if err := os.WriteFile(formFile, []byte(formPage), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loginURL := "file://" + formFile
 	errFile := filepath.Join(out, "login-error.html")
 	if err := os.WriteFile(errFile, []byte(errorPage), 0o644); err != nil {
 		t.Fatal(err)
@@ -432,9 +436,12 @@ func screenshots(t *testing.T, s *suite, g *gate, errorPage string) {
 		if bounds.Dx() != shot.w || bounds.Dy() != shot.h {
 			t.Errorf("%s is %dx%d, want %dx%d", shot.name, bounds.Dx(), bounds.Dy(), shot.w, shot.h)
 		}
-		colors, errorPixels := colorStats(img)
+		colors, errorPixels, buttonPixels := colorStats(img)
 		if colors < 20 {
 			t.Errorf("%s has %d colors: a blank page?", shot.name, colors)
+		}
+		if buttonPixels < 5000 {
+			t.Errorf("%s: %d pixels of the sign-in button's color: no button?", shot.name, buttonPixels)
 		}
 		if shot.isError != (errorPixels > 500) {
 			t.Errorf("%s: %d pixels of the error banner's color, error state %v", shot.name, errorPixels, shot.isError)
@@ -443,11 +450,11 @@ func screenshots(t *testing.T, s *suite, g *gate, errorPage string) {
 	}
 }
 
-// colorStats counts distinct colors and pixels of the error banner's
-// background (#fdecec).
-func colorStats(img image.Image) (int, int) {
+// colorStats counts distinct colors, pixels of the error banner's
+// background (#fdecec) and of the sign-in button (#1c58d9).
+func colorStats(img image.Image) (int, int, int) {
 	seen := map[uint32]bool{}
-	banner := 0
+	banner, button := 0, 0
 	b := img.Bounds()
 	for y := b.Min.Y; y < b.Max.Y; y++ {
 		for x := b.Min.X; x < b.Max.X; x++ {
@@ -457,9 +464,12 @@ func colorStats(img image.Image) (int, int) {
 			if r == 0xfd && g == 0xec && bl == 0xec {
 				banner++
 			}
+			if r == 0x1c && g == 0x58 && bl == 0xd9 {
+				button++
+			}
 		}
 	}
-	return len(seen), banner
+	return len(seen), banner, button
 }
 
 // oidcPeer is test/peers/oidc-provider: zitadel/oidc's op package with its

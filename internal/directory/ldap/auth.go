@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
 
@@ -13,9 +15,23 @@ import (
 )
 
 // ErrBadCredentials means the login names nobody, names more than one
-// person, or the password is wrong. The three are deliberately one error:
-// the sign-in page must not tell a guesser which usernames exist.
+// person, or the password is wrong. The three are deliberately one error
+// (and take about as long): the sign-in page must not tell a guesser which
+// usernames exist.
 var ErrBadCredentials = errors.New("wrong username or password")
+
+// WrongPasswordError is ErrBadCredentials for a login that names one
+// entry, so that failures can be counted per account whatever name was typed.
+type WrongPasswordError struct{ DN string }
+
+func (e *WrongPasswordError) Error() string        { return "wrong password for " + e.DN }
+func (e *WrongPasswordError) Is(target error) bool { return target == ErrBadCredentials }
+
+// UnusableError is an entry that exists but cannot sign in; Reason says why
+// in words for the person.
+type UnusableError struct{ Reason string }
+
+func (e *UnusableError) Error() string { return e.Reason }
 
 // Account is a person who proved their password.
 type Account struct {
@@ -39,30 +55,23 @@ type AuthOptions struct {
 	UsernameAttribute string
 }
 
-// Authenticate finds the one person whose login attributes equal login and
-// binds as them with password on a connection of its own (never a pooled
-// one, which stays bound as the service account). ErrBadCredentials for a
-// wrong login or password; any other error is the directory's fault and
-// temporary.
-func (d *Directory) Authenticate(ctx context.Context, login, password string, o AuthOptions) (Account, error) {
-	login = strings.TrimSpace(login)
-	// An empty password is an "unauthenticated bind" (RFC 4513 §5.1.2) that
-	// many servers answer with success: never send one.
-	if login == "" || password == "" {
-		return Account{}, ErrBadCredentials
-	}
+// adDisabled is userAccountControl's ACCOUNTDISABLE bit.
+const adDisabled = 0x2
+
+// authSetup resolves the attributes for the server kind.
+func (d *Directory) authSetup(ctx context.Context, o AuthOptions) (loginAttrs []string, userAttr string, want []string, err error) {
 	ad, err := d.isAD(ctx)
 	if err != nil {
-		return Account{}, err
+		return nil, "", nil, err
 	}
-	attrs := o.LoginAttributes
-	if len(attrs) == 0 {
-		attrs = []string{"uid", "mail"}
+	loginAttrs = o.LoginAttributes
+	if len(loginAttrs) == 0 {
+		loginAttrs = []string{"uid", "mail"}
 		if ad {
-			attrs = []string{"sAMAccountName", "userPrincipalName", "mail"}
+			loginAttrs = []string{"sAMAccountName", "userPrincipalName", "mail"}
 		}
 	}
-	userAttr := o.UsernameAttribute
+	userAttr = o.UsernameAttribute
 	if userAttr == "" {
 		userAttr = "uid"
 		if ad {
@@ -71,24 +80,50 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	}
 	mailAttrs, err := d.mailAttributes(ctx)
 	if err != nil {
+		return nil, "", nil, err
+	}
+	want = append([]string{"entryUUID", "objectGUID", "userAccountControl", userAttr, d.cfg.DisplayNameAttribute, "cn"}, mailAttrs...)
+	return loginAttrs, userAttr, want, nil
+}
+
+// Authenticate finds the one person whose login attributes equal login and
+// binds as them with password on a connection of its own (never a pooled
+// one, which stays bound as the service account). ErrBadCredentials (or
+// *WrongPasswordError) for a wrong login or password, *UnusableError for an
+// entry that cannot sign in; any other error is the directory's fault and
+// temporary.
+func (d *Directory) Authenticate(ctx context.Context, login, password string, o AuthOptions) (Account, error) {
+	login = strings.TrimSpace(login)
+	// An empty password is an "unauthenticated bind" (RFC 4513 §5.1.2) that
+	// many servers answer with success: never send one.
+	if login == "" || password == "" {
+		return Account{}, ErrBadCredentials
+	}
+	loginAttrs, userAttr, want, err := d.authSetup(ctx, o)
+	if err != nil {
 		return Account{}, err
 	}
 	var or strings.Builder
 	or.WriteString("(|")
-	for _, a := range attrs {
+	for _, a := range loginAttrs {
 		fmt.Fprintf(&or, "(%s=%s)", a, goldap.EscapeFilter(login))
 	}
 	or.WriteString(")")
-	filter := "(&" + d.cfg.UserFilter + or.String() + ")"
-	want := append([]string{"entryUUID", "objectGUID", userAttr, d.cfg.DisplayNameAttribute, "cn"}, mailAttrs...)
-	entries, _, err := d.searchPeople(ctx, filter, want)
+	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+or.String()+")", want)
 	if err != nil {
 		return Account{}, fmt.Errorf("LDAP search for the login: %w", err)
 	}
 	if len(entries) != 1 {
+		// As long as a bind would have taken: the answer's timing must not
+		// tell that the login names nobody.
+		select {
+		case <-time.After(time.Duration(d.bindNanos.Load())):
+		case <-ctx.Done():
+		}
 		return Account{}, ErrBadCredentials
 	}
 	e := entries[0]
+	start := time.Now()
 	c, _, err := d.dial()
 	if err != nil {
 		return Account{}, fault.Wrap(fault.Temporary, "directory_unavailable", "LDAP directory unavailable", err)
@@ -97,11 +132,63 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	d.trips.Add(1)
 	err = c.Bind(e.DN, password)
 	count("user_bind", err)
+	d.noteBind(time.Since(start))
 	if goldap.IsErrorWithCode(err, goldap.LDAPResultInvalidCredentials) {
-		return Account{}, ErrBadCredentials
+		return Account{}, &WrongPasswordError{DN: e.DN}
 	}
 	if err != nil {
 		return Account{}, fault.Wrap(fault.Temporary, "directory_error", "LDAP bind as the person failed", err)
+	}
+	return d.account(e, userAttr)
+}
+
+// noteBind keeps a moving average of how long dial and bind take.
+func (d *Directory) noteBind(took time.Duration) {
+	old := d.bindNanos.Load()
+	if old == 0 {
+		d.bindNanos.Store(int64(took))
+		return
+	}
+	d.bindNanos.Store(old + (int64(took)-old)/8)
+}
+
+// AccountByID reads an account again by its permanent id (Account.ID), for
+// a sign-in from a session: ErrBadCredentials when the entry is gone,
+// *UnusableError when it is disabled or lost its email.
+func (d *Directory) AccountByID(ctx context.Context, id string, o AuthOptions) (Account, error) {
+	_, userAttr, want, err := d.authSetup(ctx, o)
+	if err != nil {
+		return Account{}, err
+	}
+	ad, _ := d.isAD(ctx)
+	var filter string
+	if ad {
+		raw, err := hex.DecodeString(id)
+		if err != nil || len(raw) != 16 {
+			return Account{}, ErrBadCredentials
+		}
+		var esc strings.Builder
+		for _, b := range raw {
+			fmt.Fprintf(&esc, `\%02x`, b)
+		}
+		filter = "(objectGUID=" + esc.String() + ")"
+	} else {
+		filter = "(entryUUID=" + goldap.EscapeFilter(id) + ")"
+	}
+	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+filter+")", want)
+	if err != nil {
+		return Account{}, fmt.Errorf("LDAP search for the account: %w", err)
+	}
+	if len(entries) != 1 {
+		return Account{}, ErrBadCredentials
+	}
+	return d.account(entries[0], userAttr)
+}
+
+// account reads a person's entry after a successful bind or lookup.
+func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
+	if uac, err := strconv.ParseInt(e.GetEqualFoldAttributeValue("userAccountControl"), 10, 64); err == nil && uac&adDisabled != 0 {
+		return Account{}, &UnusableError{Reason: "the account is disabled in the directory"}
 	}
 	a := Account{DN: e.DN, Username: strings.ToLower(strings.TrimSpace(e.GetEqualFoldAttributeValue(userAttr)))}
 	if id := e.GetEqualFoldAttributeValue("entryUUID"); id != "" {
@@ -110,8 +197,11 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 		a.ID = hex.EncodeToString(raw)
 	}
 	if a.ID == "" {
-		return Account{}, fault.New(fault.Permanent, "directory_no_uuid",
-			"the LDAP entry has neither entryUUID nor objectGUID: a person cannot be given a stable identity")
+		return Account{}, &UnusableError{Reason: "the directory entry has neither entryUUID nor objectGUID, so it cannot be given a permanent identity"}
+	}
+	mailAttrs := d.cfg.MailAttributes
+	if len(mailAttrs) == 0 {
+		mailAttrs = []string{"mail", "proxyAddresses"}
 	}
 	for _, m := range mailAttrs {
 		for _, v := range e.GetEqualFoldAttributeValues(m) {
@@ -126,6 +216,12 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 				a.Email = v
 			}
 		}
+	}
+	if a.Email == "" {
+		return Account{}, &UnusableError{Reason: "the directory entry has no email address, which Mattermost needs"}
+	}
+	if a.Username == "" {
+		return Account{}, &UnusableError{Reason: "the directory entry has no " + userAttr + " to use as the username"}
 	}
 	a.DisplayName = e.GetEqualFoldAttributeValue(d.cfg.DisplayNameAttribute)
 	if a.DisplayName == "" {

@@ -158,6 +158,9 @@ type Directory struct {
 
 	trips atomic.Int64 // searches, binds and StartTLS sent
 	dials atomic.Int64
+	// bindNanos is how long a person's dial and bind take (moving average):
+	// a login that names nobody waits as long.
+	bindNanos atomic.Int64
 }
 
 type personResult struct {
@@ -206,13 +209,15 @@ func New(cfg Config) (*Directory, error) {
 	if cfg.Nested != NestedAuto {
 		mode = cfg.Nested
 	}
-	return &Directory{cfg: cfg, tls: tc, mode: mode,
+	d := &Directory{cfg: cfg, tls: tc, mode: mode,
 		idle:    make(chan pooled, cfg.PoolSize),
 		open:    make(chan struct{}, cfg.PoolSize),
 		people:  newCache[personResult](200_000),
 		groups:  newCache[directory.Groups](200_000),
 		parents: newCache[[]string](50_000),
-	}, nil
+	}
+	d.bindNanos.Store(int64(20 * time.Millisecond))
+	return d, nil
 }
 
 // Stats are counters for benchmarks and tests.

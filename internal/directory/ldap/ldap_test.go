@@ -309,11 +309,34 @@ func TestAuthenticateByUsernameOrEmail(t *testing.T) {
 	}
 	for _, bad := range []struct{ login, pw string }{
 		{"alice", "wrong"}, {"alice", ""}, {"nobody", "pa55word"}, {"", "x"},
-		{"*", "pa55word"}, {"twin@corp.test", "twinpass"}, // a filter wildcard is escaped; an address two people share signs nobody in
+		{"alic*", "pa55word"}, {"twin@corp.test", "twinpass"}, // a filter wildcard is escaped; an address two people share signs nobody in
 	} {
 		if _, err := d.Authenticate(ctx, bad.login, bad.pw, AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
 			t.Errorf("%q/%q: %v, want ErrBadCredentials", bad.login, bad.pw, err)
 		}
+	}
+	if _, err := d.Authenticate(ctx, "alice", "wrong", AuthOptions{}); func() bool {
+		var wp *WrongPasswordError
+		return !errors.As(err, &wp) || !strings.EqualFold(wp.DN, dn)
+	}() {
+		t.Errorf("a wrong password names the entry (for the per-account limit): %v", err)
+	}
+	// A session's sign-in reads the account again by its entryUUID; a
+	// deleted entry is gone.
+	if a, err := d.AccountByID(ctx, first.ID, AuthOptions{}); err != nil || a.Username != "alice" || a.Email != "alice@corp.test" {
+		t.Errorf("AccountByID: %+v %v", a, err)
+	}
+	if _, err := d.AccountByID(ctx, "00000000-0000-0000-0000-000000000000", AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
+		t.Errorf("AccountByID of nobody: %v", err)
+	}
+	// An entry without an email cannot sign in, and says why.
+	ac := s.admin()
+	s.add(ac, "uid=nomail,ou=people,"+base, map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {"nomail"}, "cn": {"n"}, "sn": {"n"},
+		"userPassword": {"nomailpw"}})
+	ac.Close()
+	var ue *UnusableError
+	if _, err := d.Authenticate(ctx, "nomail", "nomailpw", AuthOptions{}); !errors.As(err, &ue) || !strings.Contains(ue.Reason, "no email") {
+		t.Errorf("an entry without email: %v", err)
 	}
 	// The pooled connections stay bound as the service account: a lookup
 	// after a person's bind still sees what the admin sees.

@@ -1,0 +1,30 @@
+package sso
+
+import (
+	"testing"
+	"time"
+)
+
+func TestLimiterCountsOnlyFailures(t *testing.T) {
+	l := newLimiter(3)
+	// Right passwords give their attempt back.
+	for range 10 {
+		release, wait := l.take("ip", "alice")
+		if wait > 0 {
+			t.Fatalf("a right password waited %s", wait)
+		}
+		release()
+	}
+	for i := range 3 {
+		if _, wait := l.take("ip", "alice"); wait > 0 {
+			t.Fatalf("failure %d waited %s", i+1, wait)
+		}
+	}
+	_, wait := l.take("ip", "alice")
+	if wait <= 0 || wait > 20*time.Second {
+		t.Errorf("after 3 failures: wait %s, want about 20s (one attempt refills every 60/3 s)", wait)
+	}
+	if _, wait := l.take("ip", "bob"); wait > 0 {
+		t.Errorf("another login from the same address is not limited yet: %s", wait)
+	}
+}
