@@ -40,7 +40,9 @@ func (b *Bridge) page(w http.ResponseWriter, _ *http.Request, status int, d page
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; form-action 'self'; frame-ancestors 'none'")
+	// No form-action: browsers apply it to the redirects after the sign-in
+	// form too, and those end at the client (Mattermost), another origin.
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; frame-ancestors 'none'")
 	w.WriteHeader(status)
 	_ = pageTmpl.Execute(w, d)
 }
