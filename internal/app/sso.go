@@ -52,7 +52,11 @@ func ldapError(err error) error {
 	var ue *ldapdir.UnusableError
 	switch {
 	case errors.As(err, &wp):
-		return sso.WrongPassword{Account: wp.DN}
+		account := "ldap:" + wp.ID // the key a right password's Profile.Subject has
+		if wp.ID == "" {
+			account = wp.DN
+		}
+		return sso.WrongPassword{Account: account}
 	case errors.Is(err, ldapdir.ErrBadCredentials):
 		return sso.ErrBadCredentials
 	case errors.As(err, &ue):

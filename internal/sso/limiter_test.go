@@ -1,6 +1,7 @@
 package sso
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -26,5 +27,23 @@ func TestLimiterCountsOnlyFailures(t *testing.T) {
 	}
 	if _, wait := l.take("ip", "bob"); wait > 0 {
 		t.Errorf("another login from the same address is not limited yet: %s", wait)
+	}
+}
+
+func TestLimitedAddressMakesNoBuckets(t *testing.T) {
+	l := newLimiter(1)
+	for i := range 4 { // the address budget is 4×1
+		if _, wait := l.take("ip", fmt.Sprint("user", i)); wait > 0 {
+			t.Fatalf("attempt %d waited", i)
+		}
+	}
+	before := len(l.buckets)
+	for i := range 1000 {
+		if _, wait := l.take("ip", fmt.Sprint("other", i)); wait == 0 {
+			t.Fatal("a limited address got an attempt")
+		}
+	}
+	if len(l.buckets) != before {
+		t.Errorf("refused attempts made %d buckets", len(l.buckets)-before)
 	}
 }

@@ -262,11 +262,12 @@ func (s *storage) CreateAccessToken(ctx context.Context, r op.TokenRequest) (str
 		return "", time.Time{}, fmt.Errorf("sso: tokens are issued for authorization codes only, not %T", r)
 	}
 	t.ClientID = a.ClientID
-	// The client is authenticated by now: the code is used up here, once.
-	if err := s.st.UseCode(ctx, a.ID); err != nil {
-		return "", time.Time{}, oidc.ErrInvalidGrant().WithDescription("the code was already used").WithParent(err)
-	}
-	if err := s.st.SaveToken(ctx, t, a.ID); err != nil {
+	// The client is authenticated by now: the code is used up here, once,
+	// in the token's own transaction.
+	if err := s.st.IssueToken(ctx, a.ID, t); err != nil {
+		if errors.Is(err, ErrCodeReused) {
+			return "", time.Time{}, oidc.ErrInvalidGrant().WithDescription("the code was already used").WithParent(err)
+		}
 		return "", time.Time{}, err
 	}
 	return t.ID, t.ExpiresAt, nil

@@ -205,8 +205,6 @@ func New(ctx context.Context, o Options) (*Bridge, error) {
 func (b *Bridge) Routes() map[string]http.Handler {
 	return map[string]http.Handler{
 		"/oauth/":                               http.HandlerFunc(b.oauth),
-		"GET /oauth/authorize/callback":         http.HandlerFunc(b.authorizeCallback),
-		"GET /oauth/logout":                     http.HandlerFunc(b.endSession),
 		"GET /.well-known/openid-configuration": b.provider,
 		"GET /api/v4/user":                      http.HandlerFunc(b.gitlabUser),
 		"GET /sso/login":                        http.HandlerFunc(b.loginPage),
@@ -225,13 +223,22 @@ func (b *Bridge) Purge(ctx context.Context) error { return b.st.Purge(ctx) }
 // GitLabSettings.Scope is set (and must not send openid there, which would
 // switch it to its paid OpenID provider).
 func (b *Bridge) oauth(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/oauth/authorize" && r.Method == http.MethodGet {
-		q := r.URL.Query()
-		if strings.TrimSpace(q.Get("scope")) == "" {
-			q.Set("scope", gitlabScope)
-			r2 := r.Clone(r.Context())
-			r2.URL.RawQuery = q.Encode()
-			r = r2
+	switch r.URL.Path {
+	case "/oauth/authorize/callback": // any method: op reads the id from a body too
+		b.authorizeCallback(w, r)
+		return
+	case "/oauth/logout":
+		b.endSession(w, r)
+		return
+	case "/oauth/authorize":
+		if r.Method == http.MethodGet {
+			q := r.URL.Query()
+			if strings.TrimSpace(q.Get("scope")) == "" {
+				q.Set("scope", gitlabScope)
+				r2 := r.Clone(r.Context())
+				r2.URL.RawQuery = q.Encode()
+				r = r2
+			}
 		}
 		w = &bindingWriter{ResponseWriter: w, b: b}
 	}
@@ -276,7 +283,7 @@ func (b *Bridge) flowValue(id string) string {
 
 // bound reports whether this browser started request id.
 func (b *Bridge) bound(r *http.Request, id string) bool {
-	c, err := r.Cookie(b.flowName(id))
+	c, err := r.Cookie(b.hostCookie(b.flowName(id)))
 	return err == nil && hmac.Equal([]byte(c.Value), []byte(b.flowValue(id)))
 }
 
@@ -288,8 +295,12 @@ func (b *Bridge) notThisBrowser(w http.ResponseWriter, r *http.Request) {
 // authorizeCallback hands a completed sign-in to the provider, which
 // redirects to the client with the code, only in the browser that started it.
 func (b *Bridge) authorizeCallback(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
 	id := r.URL.Query().Get("id")
-	if !b.bound(r, id) {
+	if id == "" || !b.bound(r, id) {
 		b.notThisBrowser(w, r)
 		return
 	}
@@ -309,7 +320,7 @@ func (b *Bridge) endSession(w http.ResponseWriter, r *http.Request) {
 // endOwnSession deletes the session row and cookie; false (with the error
 // page written) when the store failed.
 func (b *Bridge) endOwnSession(w http.ResponseWriter, r *http.Request) bool {
-	if s, err := r.Cookie(sessionCookie); err == nil && s.Value != "" {
+	if s, err := r.Cookie(b.hostCookie(sessionCookie)); err == nil && s.Value != "" {
 		if err := b.st.DeleteSession(r.Context(), s.Value); err != nil {
 			b.log.Error("sso: ending a session", "err", err)
 			b.page(w, r, http.StatusServiceUnavailable, pageData{Notice: "Signing out failed on our side. Try again."})
@@ -445,7 +456,7 @@ func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *Aut
 
 // session returns the signed-in identity and the session cookie, or 0.
 func (b *Bridge) session(r *http.Request) (int64, time.Time, string) {
-	c, err := r.Cookie(sessionCookie)
+	c, err := r.Cookie(b.hostCookie(sessionCookie))
 	if err != nil || c.Value == "" {
 		return 0, time.Time{}, ""
 	}
@@ -592,16 +603,13 @@ func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	// The account's own budget covers every name it can be typed as; once
 	// spent, even the right password waits, so that it is not revealed.
 	if account != "" {
-		if wait := b.limits.check("a\x00" + account); wait > 0 {
+		if wait := b.limits.gate("a\x00"+account, errors.Is(err, ErrBadCredentials)); wait > 0 {
 			limited(wait)
 			return
 		}
 	}
 	switch {
 	case errors.Is(err, ErrBadCredentials):
-		if account != "" {
-			b.limits.spend("a\x00" + account)
-		}
 		b.log.Info("sso: wrong password", "login", login, "ip", ip)
 		b.form(w, r, http.StatusUnauthorized, req, login, "Wrong username or password.")
 		return
@@ -691,6 +699,9 @@ func (b *Bridge) logoutSubmit(w http.ResponseWriter, r *http.Request) {
 // setCookie sets an HttpOnly, SameSite=Lax cookie, Secure whenever mmgate
 // is served over https. maxAge < 0 deletes it.
 func (b *Bridge) setCookie(w http.ResponseWriter, name, value, path string, maxAge time.Duration) {
+	if path == "/" {
+		name = b.hostCookie(name)
+	}
 	c := &http.Cookie{Name: name, Value: value, Path: path, HttpOnly: true, Secure: b.secure, SameSite: http.SameSiteLaxMode}
 	if maxAge < 0 {
 		c.MaxAge = -1
@@ -698,6 +709,16 @@ func (b *Bridge) setCookie(w http.ResponseWriter, name, value, path string, maxA
 		c.MaxAge = int(maxAge.Seconds())
 	}
 	http.SetCookie(w, c)
+}
+
+// hostCookie names a Path=/ cookie: over https with the __Host- prefix,
+// which browsers accept only from this very host (Secure, no Domain), so
+// that a sibling subdomain cannot plant a session or flow cookie.
+func (b *Bridge) hostCookie(name string) string {
+	if b.secure {
+		return "__Host-" + name
+	}
+	return name
 }
 
 // clientIP is the connection's address or, behind a trusted proxy, the
@@ -708,7 +729,7 @@ func (b *Bridge) clientIP(r *http.Request) string {
 		host = r.RemoteAddr
 	}
 	trusted := func(s string) bool {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		a, err := netip.ParseAddr(hopAddr(s))
 		if err != nil {
 			return false
 		}
@@ -720,22 +741,46 @@ func (b *Bridge) clientIP(r *http.Request) string {
 		return false
 	}
 	if !trusted(host) {
-		return host
+		return addrKey(host)
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
-		h := strings.TrimSpace(hops[i])
+		h := hopAddr(hops[i])
 		if h == "" {
 			continue
 		}
 		if !trusted(h) {
-			if a, err := netip.ParseAddr(h); err == nil {
-				return a.Unmap().String()
+			if _, err := netip.ParseAddr(h); err == nil {
+				return addrKey(h)
 			}
-			return host // garbage: count it against the proxy
+			return addrKey(host) // garbage: count it against the proxy
 		}
 	}
-	return host
+	return addrKey(host)
+}
+
+// hopAddr is an X-Forwarded-For entry without port or brackets.
+func hopAddr(h string) string {
+	h = strings.TrimSpace(h)
+	if ap, err := netip.ParseAddrPort(h); err == nil {
+		return ap.Addr().String()
+	}
+	return strings.Trim(h, "[]")
+}
+
+// addrKey is the address the limit counts: IPv4 as it is, IPv6 by /64
+// (one subscriber gets a whole /64).
+func addrKey(s string) string {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return s
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
 }
 
 func contains(s []string, v string) bool {
@@ -787,8 +832,18 @@ func (l *limiter) take(ip, login string) (release func(), wait time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	bi, bu := l.get(now, ip, 4*l.perMin), l.get(now, login, l.perMin)
-	if w := max(bi.wait(now), bu.wait(now)); w > 0 {
+	bi := l.get(now, ip, 4*l.perMin)
+	if bi == nil {
+		return nil, time.Minute
+	}
+	if w := bi.wait(now); w > 0 {
+		return nil, w // no bucket for login is made for an address that is limited
+	}
+	bu := l.get(now, login, l.perMin)
+	if bu == nil {
+		return nil, time.Minute
+	}
+	if w := bu.wait(now); w > 0 {
 		return nil, w
 	}
 	bi.tokens--
@@ -801,37 +856,52 @@ func (l *limiter) take(ip, login string) (release func(), wait time.Duration) {
 	}, 0
 }
 
-// check says how long key must wait (0: it has an attempt left).
-func (l *limiter) check(key string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	return l.get(now, key, l.perMin).wait(now)
-}
-
-// spend takes one attempt of key.
-func (l *limiter) spend(key string) {
+// gate says how long key must wait (0: it has an attempt left) and, when
+// it has and failed is true, spends one: one step, so that parallel
+// failures cannot all pass.
+func (l *limiter) gate(key string, failed bool) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	b := l.get(now, key, l.perMin)
-	b.wait(now)
-	b.tokens--
+	if b == nil {
+		return time.Minute
+	}
+	if w := b.wait(now); w > 0 {
+		return w
+	}
+	if failed {
+		b.tokens--
+	}
+	return 0
 }
 
+// maxBuckets bounds the limiter's memory; past it, buckets that refilled
+// are dropped, and if that is not enough new keys are refused (limited)
+// until some do.
+const maxBuckets = 100_000
+
+// get returns key's bucket (keys are hashed: a login can be long), making
+// it when needed; nil when the limiter is full.
 func (l *limiter) get(now time.Time, key string, n int) *bucket {
-	if now.Sub(l.swept) > time.Minute {
+	h := sha256.Sum256([]byte(key))
+	k := string(h[:16])
+	b := l.buckets[k]
+	if b != nil {
+		return b
+	}
+	if now.Sub(l.swept) > time.Minute || len(l.buckets) >= maxBuckets {
 		for k, b := range l.buckets {
-			if now.Sub(b.last) > 10*time.Minute {
+			if b.wait(now) == 0 && b.tokens >= b.burst { // refilled: it holds nothing
 				delete(l.buckets, k)
 			}
 		}
 		l.swept = now
+		if len(l.buckets) >= maxBuckets {
+			return nil
+		}
 	}
-	b := l.buckets[key]
-	if b == nil {
-		b = &bucket{tokens: float64(n), burst: float64(n), last: now}
-		l.buckets[key] = b
-	}
+	b = &bucket{tokens: float64(n), burst: float64(n), last: now}
+	l.buckets[k] = b
 	return b
 }

@@ -453,6 +453,9 @@ func TestCookiesAreSecureOverHTTPS(t *testing.T) {
 			t.Errorf("Set-Cookie %q lacks %s", sc, want)
 		}
 	}
+	if !strings.HasPrefix(sc, "__Host-mmgate_session=") {
+		t.Errorf("Set-Cookie %q: over https the session cookie is a __Host- cookie", sc)
+	}
 	if e.b.secure {
 		t.Error("an http:// issuer cannot set Secure cookies (the browser would drop them)")
 	}
@@ -551,21 +554,46 @@ func TestSignInIsBoundToTheBrowser(t *testing.T) {
 	if !strings.Contains(link, "/sso/login?id=") {
 		t.Fatalf("authorize: %d %q", resp.StatusCode, link)
 	}
-	id, _ := url.QueryUnescape(link[strings.Index(link, "id=")+3:])
 	victim.CheckRedirect = attacker.CheckRedirect
 	resp, page := get(t, victim, link)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(page, "another browser") {
 		t.Errorf("the victim opening the attacker's link: %d %q\n%s", resp.StatusCode, resp.Header.Get("Location"), page)
 	}
-	resp, _ = get(t, attacker, e.srv.URL+"/oauth/authorize/callback?id="+url.QueryEscape(id))
-	if strings.Contains(resp.Header.Get("Location"), "code=") {
-		t.Errorf("the attacker got a code: %q", resp.Header.Get("Location"))
+
+	// A sign-in completed in its own browser can only be collected there:
+	// another browser gets no code, by GET or POST.
+	owner := e.browser()
+	owner.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+		if strings.HasPrefix(req.URL.Path, "/oauth/authorize/callback") {
+			return http.ErrUseLastResponse
+		}
+		return nil
 	}
-	// Nor can the victim's browser be used for the callback of a request
-	// the attacker's browser completed.
-	resp, page = get(t, victim, e.srv.URL+"/oauth/authorize/callback?id="+url.QueryEscape(id))
+	resp, page = get(t, owner, e.authorizeURL(nil))
+	resp, _ = e.submit(owner, formFields(t, page), "alice", "pw-alice")
+	callback := resp.Header.Get("Location")
+	if !strings.Contains(callback, "/oauth/authorize/callback?id=") {
+		t.Fatalf("after the password: %d %q", resp.StatusCode, callback)
+	}
+	if !strings.HasPrefix(callback, "http") {
+		callback = e.srv.URL + callback
+	}
+	resp, _ = get(t, attacker, callback)
 	if resp.StatusCode != http.StatusBadRequest || strings.Contains(resp.Header.Get("Location"), "code=") {
-		t.Errorf("callback from another browser: %d %q %s", resp.StatusCode, resp.Header.Get("Location"), page)
+		t.Errorf("GET callback from another browser: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	r, err := attacker.Post(callback, "application/x-www-form-urlencoded", strings.NewReader("id="+url.QueryEscape(callback[strings.Index(callback, "id=")+3:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(r)
+	if r.StatusCode/100 == 3 || strings.Contains(r.Header.Get("Location"), "code=") {
+		t.Errorf("POST callback from another browser: %d %q", r.StatusCode, r.Header.Get("Location"))
+	}
+	owner.CheckRedirect = attacker.CheckRedirect
+	resp, _ = get(t, owner, callback)
+	if !strings.Contains(resp.Header.Get("Location"), "code=") {
+		t.Errorf("the owner's own callback: %d %q, want the code", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
 
@@ -631,6 +659,9 @@ func TestClientAddressBehindTrustedProxies(t *testing.T) {
 		{"10.0.0.2:5000", "198.51.100.7, 203.0.113.9", "203.0.113.9"}, // the client cannot pick its address
 		{"10.0.0.2:5000", "203.0.113.9, 10.0.0.3", "203.0.113.9"},     // two proxies
 		{"10.0.0.2:5000", "", "10.0.0.2"},
+		{"10.0.0.2:5000", "203.0.113.9:41000", "203.0.113.9"},             // a port in the header
+		{"10.0.0.2:5000", "[2001:db8:1:2:3::9]:443", "2001:db8:1:2::/64"}, // IPv6 counts by /64
+		{"[2001:db8:1:2::1]:5000", "", "2001:db8:1:2::/64"},
 	} {
 		r := httptest.NewRequest(http.MethodPost, "/sso/login", nil)
 		r.RemoteAddr = c.remote
@@ -653,6 +684,16 @@ func TestEndSessionAndDisabledAccounts(t *testing.T) {
 	}
 	resp, page = get(t, c, e.authorizeURL(nil))
 	if resp.StatusCode != 200 || !strings.Contains(page, `name="password"`) {
+		t.Errorf("after GET /oauth/logout the password is asked again: %d", resp.StatusCode)
+	}
+	e.signIn(c, "alice", nil)
+	if r, err := c.PostForm(e.srv.URL+"/oauth/logout", nil); err != nil || r.StatusCode != 200 {
+		t.Fatalf("POST /oauth/logout: %v %v", r, err)
+	} else {
+		drain(r)
+	}
+	resp, page = get(t, c, e.authorizeURL(nil))
+	if resp.StatusCode != 200 || !strings.Contains(page, `name="password"`) {
 		t.Errorf("after /oauth/logout the password is asked again: %d", resp.StatusCode)
 	}
 	// A session whose account is gone from the directory asks for the password.
@@ -664,5 +705,69 @@ func TestEndSessionAndDisabledAccounts(t *testing.T) {
 	resp, page = get(t, c2, e.authorizeURL(nil))
 	if resp.StatusCode != 200 || !strings.Contains(page, `name="password"`) {
 		t.Errorf("a session of a deleted account: %d %q, want the password page", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// idp is a Redirector that records what it was asked.
+type idp struct {
+	mu     sync.Mutex
+	forced []bool
+	p      Profile
+}
+
+func (i *idp) AuthURL(_ context.Context, state string, force bool) (string, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.forced = append(i.forced, force)
+	return "http://idp.test/authorize?state=" + url.QueryEscape(state), nil
+}
+
+func (i *idp) Exchange(_ context.Context, code, _ string) (Profile, error) {
+	if code != "good" {
+		return Profile{}, errors.New("bad code")
+	}
+	return i.p, nil
+}
+
+func TestUpstreamCallbackIsBoundToTheBrowser(t *testing.T) {
+	up := &idp{p: Profile{Subject: "oidc:https://idp.test#42", Username: "pat", Email: "pat@corp.test", Name: "Pat"}}
+	e := newEnv(t, func(o *Options) { o.Passwords, o.Upstream = nil, up })
+	b := e.browser()
+	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, _ := get(t, b, e.authorizeURL(url.Values{"prompt": {"login"}}))
+	resp, _ = get(t, b, resp.Header.Get("Location"))
+	to, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || to.Host != "idp.test" {
+		t.Fatalf("not sent to the upstream: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if len(up.forced) != 1 || !up.forced[0] {
+		t.Errorf("prompt=login did not reach the upstream: %v", up.forced)
+	}
+	back := e.srv.URL + "/sso/upstream/callback?code=good&state=" + url.QueryEscape(to.Query().Get("state"))
+	other := e.browser()
+	other.CheckRedirect = b.CheckRedirect
+	if resp, page := get(t, other, back); resp.StatusCode != http.StatusBadRequest || !strings.Contains(page, "does not belong") {
+		t.Errorf("the upstream's answer in another browser: %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, b, back+"x"); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a tampered state: %d", resp.StatusCode)
+	}
+	resp, _ = get(t, b, back)
+	if !strings.Contains(resp.Header.Get("Location"), "/oauth/authorize/callback?id=") {
+		t.Fatalf("the genuine answer: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, _ = get(t, b, resp.Header.Get("Location"))
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	_, tok := e.exchange(loc.Query().Get("code"), secret, nil)
+	if _, u := e.gitlabUser(tok["access_token"].(string)); u["username"] != "pat" || u["email"] != "pat@corp.test" {
+		t.Errorf("user from the upstream: %v", u)
+	}
+}
+
+func TestUnverifiedEmailClaims(t *testing.T) {
+	for v, want := range map[any]bool{false: true, "false": true, "FALSE": true, true: false, "true": false, nil: false} {
+		if got := unverified(v); got != want {
+			t.Errorf("email_verified %#v: unverified %v, want %v", v, got, want)
+		}
 	}
 }

@@ -300,7 +300,7 @@ var ErrCodeReused = errors.New("authorization code already used")
 
 // RequestByCode returns the request of an unused code younger than ttl. It
 // does not use the code up: the provider checks the client first, and
-// UseCode then takes it atomically, so that a caller without the client's
+// IssueToken then takes it atomically, so that a caller without the client's
 // secret cannot burn a code. A code already used revokes the tokens it gave.
 func (s *Store) RequestByCode(ctx context.Context, code string, ttl time.Duration) (*AuthRequest, error) {
 	h := hash(code)
@@ -331,17 +331,31 @@ func (s *Store) RequestByCode(ctx context.Context, code string, ttl time.Duratio
 	return r, nil
 }
 
-// UseCode marks the code of request id used; of two exchanges of one code,
-// one gets nil and the other ErrCodeReused.
-func (s *Store) UseCode(ctx context.Context, id string) error {
-	n, err := s.exec(ctx, `UPDATE sso_requests SET code_used = 1 WHERE id = ? AND code IS NOT NULL AND code_used = 0`, id)
+// IssueToken uses up the code of request id and records token t, in one
+// transaction: of two exchanges of one code, one gets the token and the
+// other ErrCodeReused, which also revokes the token the first got (the
+// first's transaction has committed by then: the second's UPDATE waited
+// for its row).
+func (s *Store) IssueToken(ctx context.Context, id string, t Token) error {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if n == 0 {
+	defer func() { _ = tx.Rollback() }()
+	res, err := tx.ExecContext(ctx, s.q(`UPDATE sso_requests SET code_used = 1 WHERE id = ? AND code IS NOT NULL AND code_used = 0`), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		_ = tx.Rollback()
+		_, _ = s.exec(ctx, `DELETE FROM sso_tokens WHERE request_id = ?`, id)
 		return ErrCodeReused
 	}
-	return nil
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO sso_tokens (id, identity, client_id, request_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		t.ID, t.Identity, t.ClientID, id, strings.Join(t.Scopes, " "), t.ExpiresAt.Unix()); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // DeleteRequest forgets a request that has no code yet. One whose code was

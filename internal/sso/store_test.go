@@ -69,7 +69,7 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := st.UseCode(ctx, r.ID); err == nil {
+				if err := st.IssueToken(ctx, r.ID, Token{ID: newID(), Identity: 42, ClientID: "c", ExpiresAt: time.Now().Add(time.Hour)}); err == nil {
 					mu.Lock()
 					wins++
 					mu.Unlock()
@@ -79,6 +79,12 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 		wg.Wait()
 		if wins != 1 {
 			t.Errorf("%d of 8 racing exchanges used the code, want 1", wins)
+		}
+		// The losers revoked the winner's token (a replay means the code leaked).
+		var n int
+		_ = st.db.QueryRowContext(ctx, st.q(`SELECT COUNT(*) FROM sso_tokens WHERE request_id = ?`), r.ID).Scan(&n)
+		if n != 0 {
+			t.Errorf("%d tokens survive racing exchanges of one code, want 0 (revoked)", n)
 		}
 		if err := st.SaveToken(ctx, Token{ID: "tok", Identity: 42, ClientID: "c", ExpiresAt: time.Now().Add(time.Hour)}, r.ID); err != nil {
 			t.Fatal(err)

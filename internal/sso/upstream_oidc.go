@@ -157,11 +157,25 @@ func (u *OIDCUpstream) Exchange(ctx context.Context, code, state string) (Profil
 	}
 	// Mattermost marks the address verified: never hand it one the
 	// platform says it has not verified (someone could claim another's).
-	if v, ok := claims["email_verified"].(bool); ok && !v && !u.cfg.AllowUnverifiedEmail {
+	if unverified(claims["email_verified"]) && !u.cfg.AllowUnverifiedEmail {
 		return Profile{}, AccountError{Reason: "the sign-in service has not verified your email address " + p.Email}
 	}
 	if p.Username == "" {
 		p.Username, _, _ = strings.Cut(p.Email, "@")
 	}
 	return p, nil
+}
+
+// unverified reports an email_verified claim that says false: a JSON
+// false, or the string "false" some platforms (Cognito) send. A missing
+// claim is not a refusal: many platforms only send verified addresses and
+// leave it out.
+func unverified(v any) bool {
+	switch x := v.(type) {
+	case bool:
+		return !x
+	case string:
+		return strings.EqualFold(strings.TrimSpace(x), "false")
+	}
+	return false
 }

@@ -21,8 +21,9 @@ import (
 var ErrBadCredentials = errors.New("wrong username or password")
 
 // WrongPasswordError is ErrBadCredentials for a login that names one
-// entry, so that failures can be counted per account whatever name was typed.
-type WrongPasswordError struct{ DN string }
+// entry, so that failures can be counted per account whatever name was
+// typed. ID is the entry's permanent id (as Account.ID).
+type WrongPasswordError struct{ DN, ID string }
 
 func (e *WrongPasswordError) Error() string        { return "wrong password for " + e.DN }
 func (e *WrongPasswordError) Is(target error) bool { return target == ErrBadCredentials }
@@ -134,7 +135,7 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	count("user_bind", err)
 	d.noteBind(time.Since(start))
 	if goldap.IsErrorWithCode(err, goldap.LDAPResultInvalidCredentials) {
-		return Account{}, &WrongPasswordError{DN: e.DN}
+		return Account{}, &WrongPasswordError{DN: e.DN, ID: entryID(e)}
 	}
 	if err != nil {
 		return Account{}, fault.Wrap(fault.Temporary, "directory_error", "LDAP bind as the person failed", err)
@@ -190,12 +191,7 @@ func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
 	if uac, err := strconv.ParseInt(e.GetEqualFoldAttributeValue("userAccountControl"), 10, 64); err == nil && uac&adDisabled != 0 {
 		return Account{}, &UnusableError{Reason: "the account is disabled in the directory"}
 	}
-	a := Account{DN: e.DN, Username: strings.ToLower(strings.TrimSpace(e.GetEqualFoldAttributeValue(userAttr)))}
-	if id := e.GetEqualFoldAttributeValue("entryUUID"); id != "" {
-		a.ID = strings.ToLower(id)
-	} else if raw := e.GetEqualFoldRawAttributeValue("objectGUID"); len(raw) > 0 {
-		a.ID = hex.EncodeToString(raw)
-	}
+	a := Account{DN: e.DN, ID: entryID(e), Username: strings.ToLower(strings.TrimSpace(e.GetEqualFoldAttributeValue(userAttr)))}
 	if a.ID == "" {
 		return Account{}, &UnusableError{Reason: "the directory entry has neither entryUUID nor objectGUID, so it cannot be given a permanent identity"}
 	}
@@ -228,4 +224,15 @@ func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
 		a.DisplayName = e.GetEqualFoldAttributeValue("cn")
 	}
 	return a, nil
+}
+
+// entryID is an entry's permanent id: entryUUID, or objectGUID as hex.
+func entryID(e *goldap.Entry) string {
+	if id := e.GetEqualFoldAttributeValue("entryUUID"); id != "" {
+		return strings.ToLower(id)
+	}
+	if raw := e.GetEqualFoldRawAttributeValue("objectGUID"); len(raw) > 0 {
+		return hex.EncodeToString(raw)
+	}
+	return ""
 }

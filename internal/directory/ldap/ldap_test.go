@@ -317,7 +317,7 @@ func TestAuthenticateByUsernameOrEmail(t *testing.T) {
 	}
 	if _, err := d.Authenticate(ctx, "alice", "wrong", AuthOptions{}); func() bool {
 		var wp *WrongPasswordError
-		return !errors.As(err, &wp) || !strings.EqualFold(wp.DN, dn)
+		return !errors.As(err, &wp) || !strings.EqualFold(wp.DN, dn) || wp.ID != first.ID
 	}() {
 		t.Errorf("a wrong password names the entry (for the per-account limit): %v", err)
 	}
