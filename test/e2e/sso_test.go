@@ -279,6 +279,27 @@ func TestSSOSignInToMattermostWithLDAP(t *testing.T) {
 		t.Errorf("after the email change: %v, want user %v with email %s", u3, mmID, newEmail)
 	}
 
+	// 3b. A real browser (Chromium through WebDriver, at phone size): its
+	// cookie rules and the page's Content-Security-Policy allow the whole
+	// flow, and Mattermost creates the person.
+	webUID, webPW := "web"+n, "Web-"+n
+	seedSSO(t, l, webUID, webUID+"@"+mailDomain, webPW)
+	wd := startWebDriver(t, 390, 844)
+	wd.open(s.mmURL + "/oauth/gitlab/login")
+	wd.waitURL("http://" + g.httpAddr + "/sso/login")
+	wd.typeInto("#login", webUID)
+	wd.typeInto("#password", webPW)
+	wd.click("button[type=submit]")
+	eventually(t, 60*time.Second, "Mattermost's session cookie in the browser", func() (bool, string) {
+		u := wd.url()
+		return strings.HasPrefix(u, s.mmURL) && wd.cookie("MMAUTHTOKEN") != "", u
+	})
+	webUser := &mmClient{base: s.mmURL, token: wd.cookie("MMAUTHTOKEN")}
+	var me map[string]any
+	if _, err := webUser.do("GET", "/users/me", nil, &me); err != nil || me["username"] != webUID || me["auth_service"] != "gitlab" {
+		t.Errorf("the browser's Mattermost session: %v %v", me, err)
+	}
+
 	// 4. A tampered state: Mattermost signs nobody in. A code Mattermost
 	// already redeemed: mmgate refuses it (invalid_grant); a wrong client
 	// secret and a foreign redirect_uri are refused too.

@@ -17,6 +17,7 @@ ruby -e 'require "faraday"' 2>/dev/null || need+=(ruby-faraday)
 command -v ldapsearch   >/dev/null || need+=(ldap-utils)
 # the sign-in page's screenshots: Debian's headless Chromium
 command -v chromium     >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 # swaks needs these for STARTTLS
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
