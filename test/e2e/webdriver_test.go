@@ -94,7 +94,9 @@ func (wd *webDriver) call(method, u string, in, out any) {
 	}
 }
 
-func (wd *webDriver) open(u string) { wd.call(http.MethodPost, wd.base+"/url", map[string]string{"url": u}, nil) }
+func (wd *webDriver) open(u string) {
+	wd.call(http.MethodPost, wd.base+"/url", map[string]string{"url": u}, nil)
+}
 
 func (wd *webDriver) url() string {
 	var out struct{ Value string }
