@@ -247,7 +247,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	}
 	log.Info("mmgate started", "smtp", cfg.SMTP.Listen, "http", hl.Addr().String(), "apps", len(cfg.Apps),
 		"spool", spoolAt, "pipe_socket", cfg.PipeSocket(), "postback_mailboxes", len(cfg.Postback.Mailboxes),
-		"imap_mailboxes", len(cfg.IMAP.Mailboxes))
+		"imap_mailboxes", len(cfg.IMAP.Mailboxes), "sso", cfg.SSO.Enabled)
 	return s, nil
 }
 
