@@ -10,15 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	_ "modernc.org/sqlite"             // database/sql driver "sqlite"
+	"github.com/mmgate/mmgate/internal/sqldb"
 )
 
 // Store keeps the bridge's state in SQL, so that every replica sees the
@@ -32,8 +27,7 @@ import (
 // token signing key) are in the database too, so that replicas share them:
 // protect the database as you protect the mail in it.
 type Store struct {
-	db  *sql.DB
-	pg  bool
+	db  *sqldb.DB
 	now func() time.Time
 }
 
@@ -42,33 +36,25 @@ var ErrNotFound = errors.New("not found")
 
 // OpenSQLite opens (creating) the SQLite file path.
 func OpenSQLite(ctx context.Context, path string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	db, err := sqldb.OpenSQLite(path)
+	if err != nil {
 		return nil, fmt.Errorf("sso: %w", err)
 	}
-	q := url.Values{}
-	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
-	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("sso: opening %s: %w", path, err)
-	}
-	db.SetMaxOpenConns(1)
-	return newStore(ctx, db, false)
+	return newStore(ctx, db)
 }
 
 // OpenPostgres opens the PostgreSQL database at dsn.
 func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
-	db, err := sql.Open("pgx", dsn)
+	db, err := sqldb.OpenPostgres(dsn)
 	if err != nil {
-		return nil, errors.New("sso: the PostgreSQL DSN cannot be parsed")
+		return nil, fmt.Errorf("sso: %w", err)
 	}
-	db.SetMaxOpenConns(8)
-	return newStore(ctx, db, true)
+	return newStore(ctx, db)
 }
 
-func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
-	s := &Store{db: db, pg: pg, now: time.Now}
+func newStore(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	pg := db.PG
+	s := &Store{db: db, now: time.Now}
 	// Ids start at a random base chosen when the table is created, so that a
 	// store that was lost and created again never hands an old id to
 	// someone else: Mattermost signs in whoever has the id (AuthData), and
@@ -81,21 +67,7 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 	if pg {
 		id = fmt.Sprintf("BIGINT GENERATED ALWAYS AS IDENTITY (START WITH %d) PRIMARY KEY", base)
 	}
-	// Replicas starting together create the tables one after the other:
-	// concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL.
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("sso: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	if pg {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7262864208)`); err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("sso: %w", err)
-		}
-	}
-	for _, q := range []string{
+	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS sso_identities (
 			id ` + id + `,
 			subject TEXT NOT NULL UNIQUE,
@@ -129,22 +101,14 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 		`CREATE TABLE IF NOT EXISTS sso_keys (
 			name TEXT PRIMARY KEY,
 			value TEXT NOT NULL)`,
-	} {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("sso: creating tables: %w", err)
-		}
 	}
 	if !pg {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO sqlite_sequence (name, seq) SELECT 'sso_identities', ?
-			WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sso_identities')`, base); err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("sso: seeding the id sequence: %w", err)
-		}
+		stmts = append(stmts, fmt.Sprintf(`INSERT INTO sqlite_sequence (name, seq) SELECT 'sso_identities', %d
+			WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sso_identities')`, base))
 	}
-	if err := tx.Commit(); err != nil {
+	if err := db.Migrate(ctx, 7262864208, stmts...); err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("sso: creating tables: %w", err)
+		return nil, fmt.Errorf("sso: %w", err)
 	}
 	return s, nil
 }
@@ -152,30 +116,10 @@ func newStore(ctx context.Context, db *sql.DB, pg bool) (*Store, error) {
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
-// q turns "?" placeholders into PostgreSQL's $n.
-func (s *Store) q(query string) string {
-	if !s.pg {
-		return query
-	}
-	var b strings.Builder
-	n := 0
-	for _, r := range query {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
+func (s *Store) q(query string) string { return s.db.Q(query) }
 
 func (s *Store) exec(ctx context.Context, query string, args ...any) (int64, error) {
-	res, err := s.db.ExecContext(ctx, s.q(query), args...)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
+	return s.db.Exec(ctx, query, args...)
 }
 
 // hash is how codes, tokens and session cookies are stored.

@@ -1,0 +1,66 @@
+package secrets
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/mmgate/mmgate/internal/spool/spooltest"
+	"github.com/mmgate/mmgate/internal/sqldb"
+)
+
+func suite(t *testing.T, st *Store) {
+	ctx := context.Background()
+	if _, err := st.Get(ctx, "bot_token/jira"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing: %v", err)
+	}
+	for _, v := range []string{"one", "two"} {
+		if err := st.Put(ctx, "bot_token/jira", v); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := st.Get(ctx, "bot_token/jira"); err != nil || got != v {
+			t.Errorf("get: %q %v, want %q", got, err, v)
+		}
+	}
+	_ = st.Put(ctx, "command_token/team1", "c")
+	if names, err := st.Names(ctx, "bot_token/"); err != nil || len(names) != 1 || names[0] != "bot_token/jira" {
+		t.Errorf("names: %v %v", names, err)
+	}
+	_ = st.Delete(ctx, "bot_token/jira")
+	if _, err := st.Get(ctx, "bot_token/jira"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted: %v", err)
+	}
+}
+
+func TestSQLite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secrets.db")
+	db, err := sqldb.OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	suite(t, st)
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the secret file's mode: %v %v, want 0600", fi.Mode(), err)
+	}
+}
+
+func TestPostgres(t *testing.T) {
+	admin := spooltest.PostgresServer(t)
+	db, err := sqldb.OpenPostgres(spooltest.NewDatabase(t, admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	suite(t, st)
+}
