@@ -27,6 +27,7 @@ import (
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/relay"
 	"github.com/mmgate/mmgate/internal/route"
+	"github.com/mmgate/mmgate/internal/secrets"
 	"github.com/mmgate/mmgate/internal/spool"
 	"github.com/mmgate/mmgate/internal/sso"
 )
@@ -98,6 +99,7 @@ type Server struct {
 	pollers     sync.WaitGroup
 	ssoStore    *sso.Store
 	stopSSO     context.CancelFunc
+	secrets     *secrets.Store
 }
 
 // SMTPAddr is the SMTP listener's address (useful with port 0).
@@ -198,6 +200,11 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for k, v := range ssoRoutes {
 		routes[k] = v
 	}
+	cmdHandler, err := s.commandHandler(cfg, sp, clients, log.With("component", "command"))
+	if err != nil {
+		return fail(err)
+	}
+	routes["POST /mattermost/command"] = cmdHandler
 	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("http.listen: %w", err))
@@ -275,6 +282,9 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 	if s.ssoStore != nil {
 		_ = s.ssoStore.Close()
+	}
+	if s.secrets != nil {
+		_ = s.secrets.Close()
 	}
 	if s.spool != nil {
 		if err := s.spool.Stop(ctx); err != nil {
@@ -383,13 +393,14 @@ func buildRelay(cfg config.Config, spill string, log *slog.Logger) (*relay.Relay
 	if err != nil {
 		return nil, nil, err
 	}
+	tokens, err := BotTokens(context.Background(), cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	apps := map[string]*relay.App{}
 	clients := map[string]*mattermost.Client{}
 	for name, a := range cfg.Apps {
-		tok, err := a.BotToken.Resolve()
-		if err != nil {
-			return nil, nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
-		}
+		tok := tokens[name]
 		cl := mattermost.New(cfg.Mattermost.URL, tok, mattermost.Options{Logger: log, RequestTimeout: cfg.Mattermost.RequestTimeout})
 		clients[name] = cl
 		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,

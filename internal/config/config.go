@@ -236,6 +236,9 @@ type Credential struct {
 // HTTPConfig configures the HTTP listener (health, metrics, admin).
 type HTTPConfig struct {
 	Listen string `koanf:"listen"`
+	// PublicURL is mmgate's HTTP address as Mattermost reaches it (for the
+	// /mmgate command and buttons), e.g. https://mmgate.corp.example.
+	PublicURL string `koanf:"public_url"`
 }
 
 // MattermostConfig names the Mattermost server.
@@ -245,6 +248,11 @@ type MattermostConfig struct {
 	MaxPostRunes int `koanf:"max_post_runes"`
 	// RequestTimeout bounds one REST call (uploads get longer).
 	RequestTimeout time.Duration `koanf:"request_timeout"`
+	// Setup says what `mmgate mattermost setup` installs.
+	Setup struct {
+		// Teams get the /mmgate command and the bots (empty: every team).
+		Teams []string `koanf:"teams"`
+	} `koanf:"setup"`
 }
 
 // SpoolConfig configures durable storage.
@@ -352,8 +360,13 @@ type Rule struct {
 // App is one source tool: its bot and where its mail goes.
 type App struct {
 	DisplayName string `koanf:"display_name"`
-	// BotToken is the Mattermost bot account's access token.
+	// BotToken is the Mattermost bot account's access token; unset, the one
+	// `mmgate mattermost setup` keeps in the secret store.
 	BotToken Secret `koanf:"bot_token"`
+	// BotUsername is the bot's username for setup (default: the app name).
+	BotUsername string `koanf:"bot_username"`
+	// Icon is a PNG or JPEG file setup gives the bot as its picture.
+	Icon string `koanf:"icon"`
 	// SMTP is the app's own SMTP login; Username defaults to the app name.
 	SMTP struct {
 		Username string `koanf:"username"`
@@ -387,6 +400,14 @@ func (a App) PostsBounces() bool { return a.Bounces == "post" }
 
 // DMs reports whether the app posts direct messages.
 func (a App) DMs() bool { return a.DirectMessages == nil || *a.DirectMessages }
+
+// BotName is the bot's username setup creates.
+func (a App) BotName(name string) string {
+	if a.BotUsername != "" {
+		return a.BotUsername
+	}
+	return name
+}
 
 // SMTPUsername is the app's SMTP login name.
 func (a App) SMTPUsername(name string) string {

@@ -66,7 +66,7 @@ routing:
 		t.Fatalf("want Problems, got %v", err)
 	}
 	want := []string{"log.level", "smtp.listen", "smtp.domains[0]", "smtp.max_recipients", "mattermost.url",
-		"apps.Jira", "apps.Jira.bot_token", "apps.Jira.channels[0]", "routing.rules[0].app", "routing.rules[0].subject", "directory"}
+		"apps.Jira", "apps.Jira.channels[0]", "routing.rules[0].app", "routing.rules[0].subject", "directory"}
 	got := map[string]bool{}
 	for _, p := range ps {
 		got[p.Path] = true

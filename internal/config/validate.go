@@ -127,6 +127,11 @@ func (c Config) Validate() error {
 		}
 	}
 	checkAddr(add, "http.listen", c.HTTP.Listen)
+	if c.HTTP.PublicURL != "" {
+		if u, err := url.Parse(c.HTTP.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("http.public_url", "must be mmgate's URL as Mattermost reaches it, e.g. https://mmgate.corp.example, got %q", c.HTTP.PublicURL)
+		}
+	}
 
 	if c.Mattermost.URL == "" {
 		add("mattermost.url", "is required (e.g. https://chat.example.com)")
@@ -220,7 +225,12 @@ func (c Config) Validate() error {
 		if !appName.MatchString(n) {
 			add(p, "app names are lowercase letters, digits, - and _")
 		}
-		checkSecret(add, p+".bot_token", a.BotToken, true)
+		checkSecret(add, p+".bot_token", a.BotToken, false) // unset: the secret store's, from `mmgate mattermost setup`
+		if a.Icon != "" {
+			if _, err := os.Stat(a.Icon); err != nil {
+				add(p+".icon", "%v", err)
+			}
+		}
 		if a.SMTP.Password.IsSet() {
 			checkSecret(add, p+".smtp.password", a.SMTP.Password, false)
 			u := strings.ToLower(a.SMTPUsername(n))

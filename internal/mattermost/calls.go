@@ -23,6 +23,15 @@ func (c *Client) Me(ctx context.Context) (*User, error) {
 	return &u, nil
 }
 
+// User returns a user by id (GET /users/{id}).
+func (c *Client) User(ctx context.Context, id string) (*User, error) {
+	var u User
+	if err := c.getJSON(ctx, "get user", "/users/"+seg(id), nil, 0, &u); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
 // UserByEmail looks a user up by e-mail address (GET /users/email/{email}).
 // Mattermost answers 403 "api.user.get_user_by_email.permissions.app_error"
 // when PrivacySettings.ShowEmailAddress is off and the caller is no system

@@ -26,6 +26,18 @@ type User struct {
 	Nickname  string `json:"nickname"`
 	IsBot     bool   `json:"is_bot"`
 	DeleteAt  int64  `json:"delete_at"`
+	// Roles is space-separated ("system_user system_admin").
+	Roles string `json:"roles"`
+}
+
+// IsSystemAdmin reports the system_admin role.
+func (u *User) IsSystemAdmin() bool {
+	for _, r := range strings.Fields(u.Roles) {
+		if r == "system_admin" {
+			return true
+		}
+	}
+	return false
 }
 
 // Channel is the part of a Mattermost channel mmgate reads.

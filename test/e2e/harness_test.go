@@ -583,6 +583,10 @@ type gateConfig struct {
 	// HTTPAddr is http.listen ("" : a free port), for peers that must know
 	// it before the gate starts.
 	HTTPAddr string
+	// PublicURL sets http.public_url to the gate's own address.
+	PublicURL bool
+	// NoStart writes the configuration without starting mmgate.
+	NoStart bool
 }
 
 type dirUser struct {
@@ -640,7 +644,9 @@ func newGate(t *testing.T, s *suite, cfg gateConfig) *gate {
 			g.dumpLog()
 		}
 	})
-	g.start()
+	if !cfg.NoStart {
+		g.start()
+	}
 	return g
 }
 
@@ -680,6 +686,10 @@ func (g *gate) writeConfig(cfg gateConfig) {
 		dirYAML = "{file: " + g.usersYML + ", mattermost_lookup: false}"
 	}
 	g.cfg = cfg
+	publicURL := ""
+	if cfg.PublicURL {
+		publicURL = ", public_url: 'http://" + g.httpAddr + "'"
+	}
 	var u strings.Builder
 	u.WriteString("users:\n")
 	for _, x := range cfg.Users {
@@ -705,7 +715,7 @@ smtp:
   tls: {cert_file: %[5]s, key_file: %[6]s}
   allow_insecure_auth: false
   max_message_bytes: %[7]d
-http: {listen: %[8]s}
+http: {listen: %[8]s%[16]s}
 mattermost: {url: %[9]s}
 spool: %[15]s
 relay: {workers: 4, poll_interval: 50ms}
@@ -717,7 +727,7 @@ routing:
     smtp: {username: %[13]s, password: %[14]s}
 `, dataDir, g.smtpAddr, smtpHostname, mailDomain, g.s.certFile, g.s.keyFile, cfg.MaxMessageBytes,
 		g.httpAddr, cfg.MattermostURL, dirYAML, rules, filepath.Join(g.s.root, "jira.token"), jiraSMTPUser, jiraSMTPPass,
-		spoolYAML)
+		spoolYAML, publicURL)
 	c += cfg.Jira
 	if cfg.Extra != "" {
 		extra := strings.NewReplacer("{gate_dir}", g.dir, "{http_addr}", g.httpAddr, "{mm_url}", g.s.mmURL).Replace(cfg.Extra)

@@ -1,0 +1,141 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/mmgate/mmgate/internal/command"
+	"github.com/mmgate/mmgate/internal/config"
+	"github.com/mmgate/mmgate/internal/mattermost"
+	"github.com/mmgate/mmgate/internal/provision"
+	"github.com/mmgate/mmgate/internal/secrets"
+	"github.com/mmgate/mmgate/internal/spool"
+	"github.com/mmgate/mmgate/internal/sqldb"
+)
+
+// OpenSecrets opens mmgate's secret store: DATA_DIR/secrets.db (mode 0600)
+// beside the spool, or the spool's PostgreSQL database.
+func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error) {
+	var db *sqldb.DB
+	var err error
+	if cfg.Spool.Driver == "postgres" {
+		dsn, rerr := cfg.Spool.DSN.Resolve()
+		if rerr != nil {
+			return nil, fmt.Errorf("spool.dsn: %w", rerr)
+		}
+		db, err = sqldb.OpenPostgres(dsn)
+	} else {
+		db, err = sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), "secrets.db"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secret store: %w", err)
+	}
+	return secrets.Open(ctx, db)
+}
+
+// BotTokens returns each app's bot token: apps.NAME.bot_token, or else the
+// one `mmgate mattermost setup` stored.
+func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error) {
+	out := map[string]string{}
+	var st *secrets.Store
+	defer func() {
+		if st != nil {
+			_ = st.Close()
+		}
+	}()
+	for name, a := range cfg.Apps {
+		if a.BotToken.IsSet() {
+			tok, err := a.BotToken.Resolve()
+			if err != nil {
+				return nil, fmt.Errorf("apps.%s.bot_token: %w", name, err)
+			}
+			out[name] = tok
+			continue
+		}
+		if st == nil {
+			var err error
+			if st, err = OpenSecrets(ctx, cfg); err != nil {
+				return nil, err
+			}
+		}
+		tok, err := st.Get(ctx, provision.BotTokenPrefix+name)
+		if errors.Is(err, secrets.ErrNotFound) {
+			return nil, fmt.Errorf("app %s has no bot token: set apps.%s.bot_token, or run `mmgate mattermost setup` to create its bot", name, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[name] = tok
+	}
+	return out, nil
+}
+
+// commandHandler builds the /mmgate slash command's handler.
+func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[string]*mattermost.Client,
+	log *slog.Logger) (http.Handler, error) {
+	// The store is opened at the first command, so that a data directory
+	// that cannot be written (see the spool's refusals) or a database that
+	// is down never keeps mmgate from starting.
+	var mu sync.Mutex
+	open := func(ctx context.Context) (*secrets.Store, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s.secrets == nil {
+			st, err := OpenSecrets(ctx, cfg)
+			if err != nil {
+				return nil, err
+			}
+			s.secrets = st
+		}
+		return s.secrets, nil
+	}
+	names := make([]string, 0, len(clients))
+	for n := range clients {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return command.Handler(command.Options{
+		Logger: log,
+		Token: func(ctx context.Context, teamID string) (string, error) {
+			if teamID == "" {
+				return "", nil
+			}
+			st, err := open(ctx)
+			if err != nil {
+				return "", err
+			}
+			tok, err := st.Get(ctx, provision.CommandTokenPrefix+teamID)
+			if errors.Is(err, secrets.ErrNotFound) {
+				return "", nil
+			}
+			return tok, err
+		},
+		Counts: func(ctx context.Context) (map[string]int, error) {
+			c, err := sp.Counts(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := map[string]int{}
+			for k, v := range c {
+				out[string(k)] = v
+			}
+			return out, nil
+		},
+		IsAdmin: func(ctx context.Context, userID string) (bool, error) {
+			if len(names) == 0 {
+				return false, errors.New("no app bot to ask Mattermost with")
+			}
+			u, err := clients[names[0]].User(ctx, userID)
+			if err != nil {
+				return false, err
+			}
+			return u.IsSystemAdmin(), nil
+		},
+	}), nil
+}

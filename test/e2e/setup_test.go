@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMattermostSetupAndSlashCommand: `mmgate mattermost setup` with the
+// real Mattermost's admin token creates an app's bot, its token (kept in the
+// secret store) and the /mmgate command; run again it changes nothing; the
+// bot it made posts mail; /mmgate runs through Mattermost's own
+// POST /commands/execute; a forged call straight to mmgate is refused.
+func TestMattermostSetupAndSlashCommand(t *testing.T) {
+	s := setup(t)
+	n := nonce()
+	botName := "backup-" + n[:8]
+	g := newGate(t, s, gateConfig{NoStart: true, PublicURL: true,
+		Jira: "  backup:\n    display_name: Backup " + n[:4] + "\n    bot_username: " + botName + "\n    icon: " + writePNG(t, s) + "\n"})
+	tokFile := filepath.Join(g.dir, "admin.token")
+	if err := os.WriteFile(tokFile, []byte(s.admin.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Without setup the app has no token: serve says what to do.
+	if out, errOut, code := g.cli("config", "check"); code != 0 {
+		t.Fatalf("config check: %d\n%s%s", code, out, errOut)
+	}
+
+	out, errOut, code := g.cli("mattermost", "setup", "--admin-token-file", tokFile)
+	t.Logf("first setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("setup: exit %d", code)
+	}
+	for _, want := range []string{"bot @" + botName + ": created for app backup", "bot @" + botName + ": icon set",
+		"bot @" + botName + ": new access token stored in the secret store"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("first setup lacks %q", want)
+		}
+	}
+	if !strings.Contains(out, "/mmgate created") && !strings.Contains(out, "/mmgate updated (now http://"+g.httpAddr+"/mattermost/command)") {
+		t.Errorf("first setup did not install /mmgate for this gate:\n%s", out)
+	}
+	if strings.Contains(out+errOut, s.admin.token) {
+		t.Error("setup printed the admin token")
+	}
+	out2, errOut2, code := g.cli("mattermost", "setup", "--admin-token-file", tokFile)
+	t.Logf("second setup:\n%s%s", out2, errOut2)
+	if code != 0 || !strings.Contains(out2, "nothing to change") || strings.Contains(out2, "created") || strings.Contains(out2, "new access token") {
+		t.Errorf("the second setup changed something (exit %d):\n%s", code, out2)
+	}
+
+	// The bot setup made posts mail from its app.
+	var bot struct {
+		ID    string `json:"id"`
+		IsBot bool   `json:"is_bot"`
+	}
+	if _, err := s.admin.do("GET", "/users/username/"+botName, nil, &bot); err != nil || !bot.IsBot {
+		t.Fatalf("the bot %s: %+v %v", botName, bot, err)
+	}
+	g.start()
+	alice := s.recipient(t, "alice")
+	msgID := "setup-" + n + "@e2e.test"
+	since := time.Now()
+	g.mustSend(nil, "backup-svc@"+mailDomain, []string{"alice@" + mailDomain},
+		crlf(header("backup-svc@"+mailDomain, "alice@"+mailDomain, "Backup finished "+n, msgID)+"Content-Type: text/plain\n\nAll good.\n"))
+	ps := alice.waitPosts(t, g, since, msgID, 1)
+	if ps[0].UserID != bot.ID {
+		t.Errorf("posted by %s, want the bot setup created (%s)", ps[0].UserID, bot.ID)
+	}
+
+	// /mmgate through Mattermost.
+	exec := func(c *mmClient, text string) string {
+		t.Helper()
+		var resp struct {
+			Text string `json:"text"`
+		}
+		if _, err := c.do("POST", "/commands/execute", map[string]string{"channel_id": townSquare(t, s), "team_id": s.teamID,
+			"command": "/mmgate " + text}, &resp); err != nil {
+			t.Fatalf("/mmgate %s: %v", text, err)
+		}
+		return resp.Text
+	}
+	if got := exec(s.alice, "help"); !strings.Contains(got, "/mmgate approvals") {
+		t.Errorf("/mmgate help: %q", got)
+	}
+	if got := exec(s.alice, "status"); !strings.Contains(got, "for system admins") {
+		t.Errorf("/mmgate status as alice: %q", got)
+	}
+	if got := exec(s.admin, "status"); !strings.Contains(got, "| posted |") || !strings.Contains(got, "| quarantined |") {
+		t.Errorf("/mmgate status as admin: %q", got)
+	}
+	// A forged call straight to mmgate, without the command's token.
+	resp, err := http.PostForm("http://"+g.httpAddr+"/mattermost/command", url.Values{"token": {"forged"}, "team_id": {s.teamID},
+		"user_id": {s.aliceID}, "text": {"status"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("forged /mmgate call: %d, want 401", resp.StatusCode)
+	}
+}
+
+func townSquare(t *testing.T, s *suite) string {
+	t.Helper()
+	var ch struct{ ID string }
+	if _, err := s.admin.do("GET", "/teams/"+s.teamID+"/channels/name/town-square", nil, &ch); err != nil {
+		t.Fatal(err)
+	}
+	return ch.ID
+}
+
+func writePNG(t *testing.T, s *suite) string {
+	t.Helper()
+	p := filepath.Join(s.root, "icon.png")
+	if err := os.WriteFile(p, testPNG(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
