@@ -53,7 +53,7 @@ func SetupMattermost(ctx context.Context, cfg config.Config, mmURL, adminToken s
 	for _, name := range names {
 		a := cfg.Apps[name]
 		pa := provision.App{Name: name, Username: a.BotName(name), DisplayName: a.DisplayName,
-			Description: "Mail from " + name + ", posted by mmgate"}
+			Description: "Mail from " + name + ", posted by mmgate", External: a.BotToken.IsSet()}
 		if pa.DisplayName == "" {
 			pa.DisplayName = name
 		}

@@ -54,7 +54,10 @@ type TokenCheck func(ctx context.Context, token, userID string) (bool, error)
 
 // App is one source app's bot.
 type App struct {
-	Name        string // the app's name in the configuration
+	Name string // the app's name in the configuration
+	// External apps have their own bot_token in the configuration: setup
+	// leaves their bot alone.
+	External    bool
 	Username    string // the bot's username
 	DisplayName string
 	Description string
@@ -108,6 +111,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	for _, a := range o.Apps {
+		if a.External {
+			say(false, "app %s: has its own apps.%s.bot_token; its bot is left alone", a.Name, a.Name)
+			continue
+		}
 		if err := bot(ctx, o, a, teams, say); err != nil {
 			return res, fmt.Errorf("app %s: %w", a.Name, err)
 		}

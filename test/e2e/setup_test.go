@@ -36,7 +36,8 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 		t.Fatalf("setup: exit %d", code)
 	}
 	for _, want := range []string{"bot @" + botName + ": created for app backup", "bot @" + botName + ": icon set",
-		"bot @" + botName + ": new access token stored in the secret store"} {
+		"bot @" + botName + ": new access token stored in the secret store",
+		"app jira: has its own apps.jira.bot_token; its bot is left alone"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("first setup lacks %q", want)
 		}
@@ -62,7 +63,11 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 		t.Fatalf("the bot %s: %+v %v", botName, bot, err)
 	}
 	g.start()
-	alice := s.recipient(t, "alice")
+	dm, derr := s.alice.dmWith(s.aliceID, bot.ID)
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	alice := &recipient{name: "alice", c: s.alice, dm: dm}
 	msgID := "setup-" + n + "@e2e.test"
 	since := time.Now()
 	g.mustSend(nil, "backup-svc@"+mailDomain, []string{"alice@" + mailDomain},
