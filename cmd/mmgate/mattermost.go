@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mmgate/mmgate/internal/app"
+	"github.com/mmgate/mmgate/internal/httpapi"
 )
 
 func mattermostCmd(g *globals) *cobra.Command {
@@ -59,6 +61,36 @@ and used for this run only: it is not stored.`,
 	setup.Flags().StringVar(&tokenFile, "admin-token-file", "", "file holding a system admin's personal access token (required)")
 	setup.Flags().StringArrayVar(&teams, "team", nil, "team name to install in (repeatable; default: mattermost.setup.teams, else every team)")
 	_ = setup.MarkFlagRequired("admin-token-file")
-	c.AddCommand(setup)
+	var ttl time.Duration
+	link := &cobra.Command{
+		Use:   "install-link [--ttl 15m]",
+		Short: "Print a single-use link that lets a Mattermost admin finish the setup in a browser",
+		Long: `The link opens a page on mmgate (http.public_url) where a Mattermost system
+admin pastes a personal access token; mmgate then runs the same setup as
+` + "`mmgate mattermost setup`" + ` and shows what it did. The link is signed with
+mattermost.setup.secret, works once, and expires after --ttl.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			if !cfg.Mattermost.Setup.Secret.IsSet() || cfg.HTTP.PublicURL == "" {
+				return fmt.Errorf("install links need mattermost.setup.secret (at least 32 bytes, e.g. file: with openssl rand -base64 32) and http.public_url")
+			}
+			key, err := cfg.Mattermost.Setup.Secret.Resolve()
+			if err != nil {
+				return fmt.Errorf("mattermost.setup.secret: %w", err)
+			}
+			tok, err := httpapi.InstallToken([]byte(key), ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s/setup?token=%s\n(valid for %s, once)\n", strings.TrimRight(cfg.HTTP.PublicURL, "/"), tok, ttl)
+			return nil
+		},
+	}
+	link.Flags().DurationVar(&ttl, "ttl", 15*time.Minute, "how long the link works")
+	c.AddCommand(setup, link)
 	return c
 }

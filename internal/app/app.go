@@ -205,6 +205,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		return fail(err)
 	}
 	routes["POST /mattermost/command"] = cmdHandler
+	adminRoutes, err := s.adminRoutes(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	for k, v := range adminRoutes {
+		routes[k] = v
+	}
 	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("http.listen: %w", err))

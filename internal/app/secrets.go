@@ -12,6 +12,7 @@ import (
 
 	"github.com/mmgate/mmgate/internal/command"
 	"github.com/mmgate/mmgate/internal/config"
+	"github.com/mmgate/mmgate/internal/httpapi"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/provision"
 	"github.com/mmgate/mmgate/internal/secrets"
@@ -138,4 +139,37 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 			return u.IsSystemAdmin(), nil
 		},
 	}), nil
+}
+
+// adminRoutes builds the admin endpoints and the install link's page.
+func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error) {
+	o := httpapi.AdminOptions{
+		Setup: func(ctx context.Context, adminToken string, teams []string, report func(string)) (int, int, error) {
+			res, err := SetupMattermost(ctx, cfg, "", adminToken, teams, report)
+			return res.Changed, res.Unchanged, err
+		},
+		UseOnce: func(ctx context.Context, id string) (bool, error) {
+			st, err := OpenSecrets(ctx, cfg)
+			if err != nil {
+				return false, err
+			}
+			defer st.Close()
+			return st.PutNew(ctx, "install_link_used/"+id, "1")
+		},
+	}
+	if cfg.HTTP.AdminToken.IsSet() {
+		v, err := cfg.HTTP.AdminToken.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("http.admin_token: %w", err)
+		}
+		o.AdminToken = v
+	}
+	if cfg.Mattermost.Setup.Secret.IsSet() {
+		v, err := cfg.Mattermost.Setup.Secret.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("mattermost.setup.secret: %w", err)
+		}
+		o.InstallKey = []byte(v)
+	}
+	return httpapi.AdminRoutes(o), nil
 }

@@ -239,6 +239,9 @@ type HTTPConfig struct {
 	// PublicURL is mmgate's HTTP address as Mattermost reaches it (for the
 	// /mmgate command and buttons), e.g. https://mmgate.corp.example.
 	PublicURL string `koanf:"public_url"`
+	// AdminToken guards the admin endpoints (POST /admin/mattermost/setup);
+	// unset, they are off.
+	AdminToken Secret `koanf:"admin_token"`
 }
 
 // MattermostConfig names the Mattermost server.
@@ -252,6 +255,9 @@ type MattermostConfig struct {
 	Setup struct {
 		// Teams get the /mmgate command and the bots (empty: every team).
 		Teams []string `koanf:"teams"`
+		// Secret signs install links (`mmgate mattermost install-link`);
+		// unset, there are none. At least 32 bytes.
+		Secret Secret `koanf:"secret"`
 	} `koanf:"setup"`
 }
 

@@ -127,6 +127,17 @@ func (c Config) Validate() error {
 		}
 	}
 	checkAddr(add, "http.listen", c.HTTP.Listen)
+	checkSecret(add, "http.admin_token", c.HTTP.AdminToken, false)
+	if c.Mattermost.Setup.Secret.IsSet() {
+		if v, err := c.Mattermost.Setup.Secret.Resolve(); err != nil {
+			add("mattermost.setup.secret", "%v", err)
+		} else if len(v) < 32 {
+			add("mattermost.setup.secret", "must be at least 32 bytes (e.g. openssl rand -base64 32)")
+		}
+		if c.HTTP.PublicURL == "" {
+			add("http.public_url", "install links need it: mmgate's address as a browser reaches it")
+		}
+	}
 	if c.HTTP.PublicURL != "" {
 		if u, err := url.Parse(c.HTTP.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add("http.public_url", "must be mmgate's URL as Mattermost reaches it, e.g. https://mmgate.corp.example, got %q", c.HTTP.PublicURL)

@@ -58,6 +58,16 @@ func (s *Store) Put(ctx context.Context, name, value string) error {
 	return nil
 }
 
+// PutNew stores name only if it is not there yet; false when it was.
+func (s *Store) PutNew(ctx context.Context, name, value string) (bool, error) {
+	n, err := s.db.Exec(ctx, `INSERT INTO mmgate_secrets (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, value, time.Now().Unix())
+	if err != nil {
+		return false, fmt.Errorf("secret store: %w", err)
+	}
+	return n == 1, nil
+}
+
 // Delete forgets the secret name.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	_, err := s.db.Exec(ctx, `DELETE FROM mmgate_secrets WHERE name = ?`, name)

@@ -28,6 +28,11 @@ func suite(t *testing.T, st *Store) {
 	if names, err := st.Names(ctx, "bot_token/"); err != nil || len(names) != 1 || names[0] != "bot_token/jira" {
 		t.Errorf("names: %v %v", names, err)
 	}
+	for i, want := range []bool{true, false} {
+		if fresh, err := st.PutNew(ctx, "install/1", "used"); err != nil || fresh != want {
+			t.Errorf("PutNew %d: %v %v, want %v", i, fresh, err, want)
+		}
+	}
 	_ = st.Delete(ctx, "bot_token/jira")
 	if _, err := st.Get(ctx, "bot_token/jira"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("deleted: %v", err)

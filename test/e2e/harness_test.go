@@ -583,11 +583,14 @@ type gateConfig struct {
 	// HTTPAddr is http.listen ("" : a free port), for peers that must know
 	// it before the gate starts.
 	HTTPAddr string
-	// PublicURL sets http.public_url to the gate's own address.
+	// PublicURL sets http.public_url to the gate's own address, and
+	// http.admin_token to e2eAdminToken.
 	PublicURL bool
 	// NoStart writes the configuration without starting mmgate.
 	NoStart bool
 }
+
+const e2eAdminToken = "e2e-admin-token-for-mmgate"
 
 type dirUser struct {
 	Email    string
@@ -688,7 +691,7 @@ func (g *gate) writeConfig(cfg gateConfig) {
 	g.cfg = cfg
 	publicURL := ""
 	if cfg.PublicURL {
-		publicURL = ", public_url: 'http://" + g.httpAddr + "'"
+		publicURL = ", public_url: 'http://" + g.httpAddr + "', admin_token: '" + e2eAdminToken + "'"
 	}
 	var u strings.Builder
 	u.WriteString("users:\n")

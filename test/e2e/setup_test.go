@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"os"
@@ -97,6 +98,24 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	}
 	if got := exec(s.admin, "status"); !strings.Contains(got, "| posted |") || !strings.Contains(got, "| quarantined |") {
 		t.Errorf("/mmgate status as admin: %q", got)
+	}
+	// The same setup through the admin endpoint: nothing left to change.
+	req, _ := http.NewRequest(http.MethodPost, "http://"+g.httpAddr+"/admin/mattermost/setup",
+		strings.NewReader(`{"admin_token": "`+s.admin.token+`"}`))
+	req.Header.Set("Authorization", "Bearer "+e2eAdminToken)
+	ar, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Success bool     `json:"success"`
+		Changed int      `json:"changed"`
+		Report  []string `json:"report"`
+	}
+	_ = json.NewDecoder(ar.Body).Decode(&res)
+	ar.Body.Close()
+	if ar.StatusCode != 200 || !res.Success || res.Changed != 0 || len(res.Report) == 0 {
+		t.Errorf("POST /admin/mattermost/setup: %d %+v", ar.StatusCode, res)
 	}
 	// A forged call straight to mmgate, without the command's token.
 	resp, err := http.PostForm("http://"+g.httpAddr+"/mattermost/command", url.Values{"token": {"forged"}, "team_id": {s.teamID},
