@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mmgate/mmgate/internal/approval"
 	"github.com/mmgate/mmgate/internal/config"
 	ldapdir "github.com/mmgate/mmgate/internal/directory/ldap"
 	"github.com/mmgate/mmgate/internal/directory/static"
@@ -95,11 +96,13 @@ type Server struct {
 	httpL net.Listener
 	pipeL net.Listener
 	// stopIntakes ends the pollers (IMAP); pollers is their count.
-	stopIntakes context.CancelFunc
-	pollers     sync.WaitGroup
-	ssoStore    *sso.Store
-	stopSSO     context.CancelFunc
-	secrets     *secrets.Store
+	stopIntakes   context.CancelFunc
+	pollers       sync.WaitGroup
+	ssoStore      *sso.Store
+	stopSSO       context.CancelFunc
+	secrets       *secrets.Store
+	approvals     *approval.Store
+	stopApprovals context.CancelFunc
 }
 
 // SMTPAddr is the SMTP listener's address (useful with port 0).
@@ -205,6 +208,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		return fail(err)
 	}
 	routes["POST /mattermost/command"] = cmdHandler
+	apRoutes, err := s.startApprovals(ctx, cfg, clients, log.With("component", "approvals"))
+	if err != nil {
+		return fail(fmt.Errorf("approvals: %w", err))
+	}
+	for k, v := range apRoutes {
+		routes[k] = v
+	}
 	adminRoutes, err := s.adminRoutes(cfg)
 	if err != nil {
 		return fail(err)
@@ -289,6 +299,12 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 	if s.ssoStore != nil {
 		_ = s.ssoStore.Close()
+	}
+	if s.stopApprovals != nil {
+		s.stopApprovals()
+	}
+	if s.approvals != nil {
+		_ = s.approvals.Close()
 	}
 	if s.secrets != nil {
 		_ = s.secrets.Close()

@@ -42,6 +42,7 @@ type Config struct {
 	Postback   PostbackConfig   `koanf:"postback"`
 	IMAP       IMAPConfig       `koanf:"imap"`
 	SSO        SSOConfig        `koanf:"sso"`
+	Approvals  ApprovalsConfig  `koanf:"approvals"`
 }
 
 // PipeConfig configures the local socket through which `mmgate deliver`
@@ -124,6 +125,25 @@ type IMAPMailbox struct {
 	// refresh (default 1m).
 	PollInterval    time.Duration `koanf:"poll_interval"`
 	MailboxDefaults `koanf:",squash"`
+}
+
+// ApprovalsConfig turns on approval requests (POST /api/v1/approvals).
+type ApprovalsConfig struct {
+	// App is the app whose bot posts the requests.
+	App string `koanf:"app"`
+	// SigningKey signs the buttons (at least 32 bytes); unset, one is made
+	// and kept in the secret store.
+	SigningKey Secret `koanf:"signing_key"`
+	// Clients are the systems that may ask, by name.
+	Clients map[string]ApprovalClient `koanf:"clients"`
+}
+
+// ApprovalClient is a system that may ask for approvals.
+type ApprovalClient struct {
+	// APIKey authenticates it (Bearer), and is the HMAC key of its JWTs.
+	APIKey Secret `koanf:"api_key"`
+	// CallbackSecret signs its callbacks (default: the API key).
+	CallbackSecret Secret `koanf:"callback_secret"`
 }
 
 // SSOConfig is the sign-in bridge: an OAuth2 provider shaped like GitLab's

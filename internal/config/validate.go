@@ -178,6 +178,23 @@ func (c Config) Validate() error {
 		add("directory", "set directory.file, directory.ldap or directory.mattermost_lookup: true, or no recipient can be resolved")
 	}
 	c.validateSSO(add)
+	if len(c.Approvals.Clients) > 0 {
+		if _, ok := c.Apps[c.Approvals.App]; !ok {
+			add("approvals.app", "must name a configured app, whose bot posts the requests (got %q)", c.Approvals.App)
+		}
+		if c.HTTP.PublicURL == "" {
+			add("http.public_url", "approvals need it: Mattermost sends the buttons' clicks there")
+		}
+		for _, n := range sortedKeys(c.Approvals.Clients) {
+			cl := c.Approvals.Clients[n]
+			checkSecret(add, "approvals.clients."+n+".api_key", cl.APIKey, true)
+			if v, err := cl.APIKey.Resolve(); err == nil && len(v) < 16 {
+				add("approvals.clients."+n+".api_key", "must be at least 16 characters")
+			}
+			checkSecret(add, "approvals.clients."+n+".callback_secret", cl.CallbackSecret, false)
+		}
+		checkSecret(add, "approvals.signing_key", c.Approvals.SigningKey, false)
+	}
 	groups := map[string]string{"directory.deny_group": c.Directory.DenyGroup}
 	for name, a := range c.Apps {
 		groups["apps."+name+".allow_group"] = a.AllowGroup

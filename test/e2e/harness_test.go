@@ -68,6 +68,7 @@ type suite struct {
 	botToken string
 	tokenID  string
 	teamID   string
+	team     string // its name
 	peers    string // test/peers directory
 }
 
@@ -170,7 +171,7 @@ func newSuite() (*suite, error) {
 	if _, err := s.admin.do("GET", "/teams/name/"+env["MM_TEAM"], nil, &team); err != nil {
 		return nil, fmt.Errorf("team %s: %w", env["MM_TEAM"], err)
 	}
-	s.teamID = team.ID
+	s.teamID, s.team = team.ID, env["MM_TEAM"]
 	if s.bobID, err = s.ensureUser(bobName, bobEmail, bobPass); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,117 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/mmgate/mmgate/internal/approval"
+	"github.com/mmgate/mmgate/internal/config"
+	"github.com/mmgate/mmgate/internal/mattermost"
+	"github.com/mmgate/mmgate/internal/sqldb"
+)
+
+// OpenApprovals opens the approvals store: DATA_DIR/approvals.db beside
+// the spool, or the spool's PostgreSQL database.
+func OpenApprovals(ctx context.Context, cfg config.Config) (*approval.Store, error) {
+	var db *sqldb.DB
+	var err error
+	if cfg.Spool.Driver == "postgres" {
+		dsn, rerr := cfg.Spool.DSN.Resolve()
+		if rerr != nil {
+			return nil, fmt.Errorf("spool.dsn: %w", rerr)
+		}
+		db, err = sqldb.OpenPostgres(dsn)
+	} else {
+		db, err = sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), "approvals.db"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("approvals: %w", err)
+	}
+	return approval.OpenStore(ctx, db)
+}
+
+// startApprovals builds the approvals service and its routes (nil when no
+// client is configured).
+func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients map[string]*mattermost.Client, log *slog.Logger) (map[string]http.Handler, error) {
+	if len(cfg.Approvals.Clients) == 0 {
+		return nil, nil
+	}
+	st, err := OpenApprovals(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.approvals = st
+	var key []byte
+	if cfg.Approvals.SigningKey.IsSet() {
+		v, err := cfg.Approvals.SigningKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("approvals.signing_key: %w", err)
+		}
+		key = []byte(v)
+	} else {
+		sec, err := OpenSecrets(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		if _, err := sec.PutNew(ctx, "approvals_signing_key", base64.StdEncoding.EncodeToString(b)); err != nil {
+			sec.Close()
+			return nil, err
+		}
+		v, err := sec.Get(ctx, "approvals_signing_key")
+		sec.Close()
+		if err != nil {
+			return nil, err
+		}
+		if key, err = base64.StdEncoding.DecodeString(v); err != nil {
+			return nil, fmt.Errorf("the stored approvals signing key: %w", err)
+		}
+	}
+	var cls []approval.Client
+	names := make([]string, 0, len(cfg.Approvals.Clients))
+	for n := range cfg.Approvals.Clients {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c := cfg.Approvals.Clients[n]
+		k, err := c.APIKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("approvals.clients.%s.api_key: %w", n, err)
+		}
+		cs := ""
+		if c.CallbackSecret.IsSet() {
+			if cs, err = c.CallbackSecret.Resolve(); err != nil {
+				return nil, fmt.Errorf("approvals.clients.%s.callback_secret: %w", n, err)
+			}
+		}
+		cls = append(cls, approval.Client{Name: n, Key: k, CallbackSecret: cs})
+	}
+	o := approval.Options{Store: st, MM: clients[cfg.Approvals.App], SigningKey: key, PublicURL: cfg.HTTP.PublicURL,
+		Clients: cls, Logger: log}
+	if cfg.Directory.LDAP != nil {
+		d, err := OpenDirectory(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if gd, ok := d.(approval.Directory); ok {
+			o.Directory = gd
+		}
+	}
+	svc, err := approval.New(o)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	s.stopApprovals = cancel
+	go svc.Run(rctx, 2*time.Second)
+	return svc.Routes(), nil
+}

@@ -1,0 +1,140 @@
+package approval
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/mmgate/mmgate/internal/fault"
+)
+
+// Routes are the approvals API and the endpoints Mattermost calls.
+func (s *Service) Routes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"POST /api/v1/approvals":            http.HandlerFunc(s.apiCreate),
+		"GET /api/v1/approvals/{id}":        http.HandlerFunc(s.apiGet),
+		"POST /mattermost/actions/approval": http.HandlerFunc(s.HandleAction),
+		"POST /mattermost/dialogs/approval": http.HandlerFunc(s.HandleDialog),
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	st, body := fault.HTTP(err)
+	writeJSON(w, st, body)
+}
+
+// authenticate returns the client: Authorization: Bearer KEY, or Bearer
+// JWT (HS256 with the client's key, iss = the client's name, exp at most 5
+// minutes ahead).
+func (s *Service) authenticate(r *http.Request) (string, error) {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimSpace(tok)
+	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
+		return "", fault.New(fault.Unauthorized, "unauthorized", "send Authorization: Bearer <API key or JWT>")
+	}
+	if strings.Count(tok, ".") == 2 {
+		var c jwt.RegisteredClaims
+		_, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(s.o.Now)).
+			ParseWithClaims(tok, &c, func(t *jwt.Token) (any, error) {
+				iss, _ := t.Claims.GetIssuer()
+				for _, cl := range s.o.Clients {
+					if cl.Name == iss {
+						return []byte(cl.Key), nil
+					}
+				}
+				return nil, errors.New("unknown issuer")
+			})
+		if err == nil && c.ExpiresAt.Sub(s.o.Now()) <= 5*time.Minute {
+			return c.Issuer, nil
+		}
+		return "", fault.New(fault.Unauthorized, "unauthorized", "the JWT is not valid: HS256 with your key, iss = your client name, exp within 5 minutes")
+	}
+	h := sha256.Sum256([]byte(tok))
+	for _, cl := range s.o.Clients {
+		k := sha256.Sum256([]byte(cl.Key))
+		if subtle.ConstantTimeCompare(h[:], k[:]) == 1 {
+			return cl.Name, nil
+		}
+	}
+	return "", fault.New(fault.Unauthorized, "unauthorized", "unknown API key")
+}
+
+func (s *Service) apiCreate(w http.ResponseWriter, r *http.Request) {
+	client, err := s.authenticate(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var req Request
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, fault.New(fault.Invalid, "bad_request", "the body is not a valid approval request: "+err.Error()))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+	defer cancel()
+	a, err := s.Create(ctx, client, req)
+	var inv InvalidError
+	if errors.As(err, &inv) {
+		writeErr(w, fault.New(fault.Invalid, "invalid_request", inv.Msg))
+		return
+	}
+	if err != nil {
+		s.o.Logger.Error("approvals: creating a request", "client", client, "err", err)
+		writeErr(w, fault.Wrap(fault.Temporary, "mattermost_unavailable", "the request could not be posted: "+err.Error(), err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, a)
+}
+
+// apiGet returns a request; ?wait=30s waits (at most 60 s) for a decision.
+func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
+	client, err := s.authenticate(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
+			writeErr(w, fault.New(fault.Invalid, "bad_request", "wait must be a duration such as 30s"))
+			return
+		}
+		wait = min(wait, time.Minute)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		a, err := s.o.Store.Get(r.Context(), r.PathValue("id"))
+		if errors.Is(err, ErrNotFound) || (err == nil && a.Client != client) {
+			writeErr(w, fault.New(fault.NotFound, "not_found", "no such approval request"))
+			return
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if a.State != Pending || !time.Now().Before(deadline) {
+			writeJSON(w, http.StatusOK, a)
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

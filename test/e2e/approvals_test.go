@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type approvalDoc struct {
+	ID        string `json:"id"`
+	State     string `json:"state"`
+	Decisions []struct {
+		Username string `json:"username"`
+		Decision string `json:"decision"`
+	} `json:"decisions"`
+	Posts []struct {
+		PostID    string `json:"post_id"`
+		ChannelID string `json:"channel_id"`
+	} `json:"posts"`
+}
+
+// TestApprovalClicksAreVerified: a request is posted to bob (DM) and to a
+// channel; clicks by a non-reviewer, by the requester and a forged POST
+// straight to mmgate change nothing; bob's click through Mattermost's own
+// POST /posts/{id}/actions/{action} approves it, every copy is updated, the
+// thread gets a reply, and the signed callback arrives exactly once; a
+// click after that is refused; an expired request cannot be approved.
+func TestApprovalClicksAreVerified(t *testing.T) {
+	s := setup(t)
+	n := nonce()
+	const key = "deploybot-api-key-0123456789"
+
+	// The callback receiver.
+	var mu sync.Mutex
+	var calls []map[string]any
+	var badSig int
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mac := hmac.New(sha256.New, []byte(key))
+		mac.Write([]byte(r.Header.Get("X-Mmgate-Timestamp") + "."))
+		mac.Write(body)
+		mu.Lock()
+		defer mu.Unlock()
+		if !hmac.Equal([]byte(r.Header.Get("X-Mmgate-Signature")), []byte("sha256="+hex.EncodeToString(mac.Sum(nil)))) {
+			badSig++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var m map[string]any
+		_ = json.Unmarshal(body, &m)
+		calls = append(calls, m)
+	})}
+	go func() { _ = cb.Serve(l) }()
+	t.Cleanup(func() { _ = cb.Close() })
+
+	g := newGate(t, s, gateConfig{PublicURL: true, Extra: "approvals:\n  app: jira\n  clients:\n    deploybot: {api_key: '" + key + "'}\n"})
+	api := func(method, path string, in any, out any) int {
+		t.Helper()
+		var body io.Reader
+		if in != nil {
+			b, _ := json.Marshal(in)
+			body = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, "http://"+g.httpAddr+path, body)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if out != nil {
+			_ = json.Unmarshal(b, out)
+		}
+		if resp.StatusCode/100 != 2 {
+			t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
+		}
+		return resp.StatusCode
+	}
+	// Mattermost must be allowed to call mmgate on loopback (setup does this).
+	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"ServiceSettings": map[string]any{
+		"AllowedUntrustedInternalConnections": "127.0.0.1 localhost"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// An expiring request first: it is checked at the end.
+	var short approvalDoc
+	if st := api("POST", "/api/v1/approvals", map[string]any{"requester": "alice", "what": "Short-lived " + n,
+		"reviewers": map[string]any{"users": []string{bobName}}, "expires_in": "1m"}, &short); st != 201 {
+		t.Fatalf("create: %d", st)
+	}
+	created := time.Now()
+
+	var a approvalDoc
+	if st := api("POST", "/api/v1/approvals", map[string]any{"requester": "alice", "what": "Deploy release " + n + " to production",
+		"reason": "Quarterly release", "reviewers": map[string]any{"users": []string{bobName}, "channel": s.team + "/town-square"},
+		"required": 1, "callback_url": "http://" + l.Addr().String() + "/approved"}, &a); st != 201 {
+		t.Fatalf("create: %d", st)
+	}
+	if len(a.Posts) != 2 || a.State != "pending" {
+		t.Fatalf("created: %+v", a)
+	}
+	dmPost, channelPost := a.Posts[0].PostID, a.Posts[1].PostID
+	click := func(c *mmClient, postID, action string) int {
+		st, err := c.do("POST", "/posts/"+postID+"/actions/"+action, map[string]any{}, nil)
+		if err != nil {
+			t.Logf("click %s on %s: %v", action, postID, err)
+		}
+		return st
+	}
+	state := func(id string) approvalDoc {
+		var d approvalDoc
+		api("GET", "/api/v1/approvals/"+id, nil, &d)
+		return d
+	}
+	// Refused: carol (not a reviewer) and alice (the requester) on the
+	// channel copy; a forged POST straight to mmgate.
+	click(s.carol, channelPost, "approve")
+	click(s.alice, channelPost, "approve")
+	forged, _ := json.Marshal(map[string]any{"user_id": s.bobID, "post_id": dmPost, "context": map[string]any{"token": "forged"}})
+	if resp, err := http.Post("http://"+g.httpAddr+"/mattermost/actions/approval", "application/json", bytes.NewReader(forged)); err == nil {
+		resp.Body.Close()
+	}
+	if d := state(a.ID); d.State != "pending" || len(d.Decisions) != 0 {
+		t.Fatalf("after refused clicks: %+v", d)
+	}
+	audit := g.mustCLI("approvals", "audit")
+	for _, want := range []string{"you are not a reviewer", "you asked for this", "not valid (altered or expired)"} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("the audit log lacks %q:\n%s", want, audit)
+		}
+	}
+
+	// bob approves through Mattermost.
+	if st := click(s.bob, dmPost, "approve"); st != 200 {
+		t.Fatalf("bob's click: %d", st)
+	}
+	var d approvalDoc
+	if st := api("GET", "/api/v1/approvals/"+a.ID+"?wait=20s", nil, &d); st != 200 || d.State != "approved" ||
+		len(d.Decisions) != 1 || d.Decisions[0].Username != bobName {
+		t.Fatalf("after bob's click: %+v", d)
+	}
+	for _, p := range a.Posts {
+		var got post
+		if _, err := s.admin.do("GET", "/posts/"+p.PostID, nil, &got); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(got.Props)
+		if !strings.Contains(string(b), "Approved by @"+bobName) || strings.Contains(string(b), `"actions"`) {
+			t.Errorf("post %s not updated (no buttons, who approved): %s", p.PostID, b)
+		}
+		thread, err := s.admin.postsSince(p.ChannelID, created)
+		if err != nil {
+			t.Fatal(err)
+		}
+		replied := false
+		for _, q := range thread {
+			if q.RootID == p.PostID && strings.Contains(q.Message, "Approved by @"+bobName) {
+				replied = true
+			}
+		}
+		if !replied {
+			t.Errorf("no reply in the thread of %s", p.PostID)
+		}
+	}
+	// A click after the decision (a replay) changes nothing: Mattermost
+	// itself refuses it now that the post has no buttons.
+	if st := click(s.bob, dmPost, "approve"); st == 200 {
+		t.Log("Mattermost passed a click on the decided post on; mmgate must refuse it")
+	}
+	eventually(t, 30*time.Second, "the callback", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) >= 1, fmt.Sprint(len(calls))
+	})
+	time.Sleep(5 * time.Second) // a second callback would be sent by now
+	mu.Lock()
+	if len(calls) != 1 || badSig != 0 || calls[0]["id"] != a.ID || calls[0]["state"] != "approved" {
+		t.Errorf("callbacks: %d (bad signatures %d): %v", len(calls), badSig, calls)
+	}
+	mu.Unlock()
+	if d := state(a.ID); d.State != "approved" || len(d.Decisions) != 1 {
+		t.Errorf("after the replayed click: %+v", d)
+	}
+
+	// The short-lived request expires; a click then is refused.
+	if wait := time.Until(created.Add(65 * time.Second)); wait > 0 {
+		time.Sleep(wait)
+	}
+	click(s.bob, short.Posts[0].PostID, "approve")
+	eventually(t, 20*time.Second, "the short request expired", func() (bool, string) {
+		d := state(short.ID)
+		return d.State == "expired", d.State
+	})
+	if d := state(short.ID); len(d.Decisions) != 0 {
+		t.Errorf("an expired request took a decision: %+v", d)
+	}
+}
