@@ -197,6 +197,48 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 		t.Errorf("after the replayed click: %+v", d)
 	}
 
+	// Deny asks for a reason in a dialog (seen on bob's websocket as his
+	// client would), submitted through Mattermost.
+	var dn approvalDoc
+	if st := api("POST", "/api/v1/approvals", map[string]any{"requester": "alice", "what": "Drop table " + n,
+		"reviewers": map[string]any{"users": []string{bobName, carolName}}, "required": 2}, &dn); st != 201 {
+		t.Fatalf("create: %d", st)
+	}
+	if st := click(s.carol, dn.Posts[1].PostID, "approve"); st != 200 {
+		t.Fatalf("carol's approval: %d", st)
+	}
+	if d := state(dn.ID); d.State != "pending" || len(d.Decisions) != 1 {
+		t.Fatalf("one of two approvals: %+v", d)
+	}
+	ws := dialEvents(t, s, s.bob.token)
+	if st := click(s.bob, dn.Posts[0].PostID, "deny"); st != 200 {
+		t.Fatalf("bob's deny: %d", st)
+	}
+	dURL, cbID, dState := dialogOf(t, ws.next(t, "open_dialog", 20*time.Second))
+	submit := func(c *mmClient, reason string) error {
+		_, err := c.do("POST", "/actions/dialogs/submit", map[string]any{"url": dURL, "callback_id": cbID, "state": dState,
+			"channel_id": dn.Posts[0].ChannelID, "team_id": s.teamID, "submission": map[string]string{"reason": reason}}, nil)
+		return err
+	}
+	// carol replaying bob's dialog state is refused (the state names bob).
+	_ = submit(s.carol, "not mine to give")
+	if d := state(dn.ID); d.State != "pending" {
+		t.Fatalf("carol submitted bob's dialog: %+v", d)
+	}
+	if err := submit(s.bob, "No backup was taken"); err != nil {
+		t.Fatalf("bob's dialog: %v", err)
+	}
+	if d := state(dn.ID); d.State != "denied" || len(d.Decisions) != 2 {
+		t.Errorf("after bob's denial: %+v", d)
+	}
+	var denied post
+	if _, err := s.admin.do("GET", "/posts/"+dn.Posts[1].PostID, nil, &denied); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(denied.Props); !strings.Contains(string(b), "Denied by @"+bobName) || !strings.Contains(string(b), "No backup was taken") {
+		t.Errorf("carol's copy does not show the denial and its reason: %s", b)
+	}
+
 	// The short-lived request expires; a click then is refused.
 	if wait := time.Until(created.Add(65 * time.Second)); wait > 0 {
 		time.Sleep(wait)
