@@ -102,6 +102,7 @@ type Server struct {
 	stopSSO       context.CancelFunc
 	secrets       *secrets.Store
 	approvals     *approval.Store
+	approvalSvc   *approval.Service
 	stopApprovals context.CancelFunc
 }
 
@@ -203,11 +204,6 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for k, v := range ssoRoutes {
 		routes[k] = v
 	}
-	cmdHandler, err := s.commandHandler(cfg, sp, clients, log.With("component", "command"))
-	if err != nil {
-		return fail(err)
-	}
-	routes["POST /mattermost/command"] = cmdHandler
 	apRoutes, err := s.startApprovals(ctx, cfg, clients, log.With("component", "approvals"))
 	if err != nil {
 		return fail(fmt.Errorf("approvals: %w", err))
@@ -215,6 +211,11 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for k, v := range apRoutes {
 		routes[k] = v
 	}
+	cmdHandler, err := s.commandHandler(cfg, sp, clients, log.With("component", "command"))
+	if err != nil {
+		return fail(err)
+	}
+	routes["POST /mattermost/command"] = cmdHandler
 	adminRoutes, err := s.adminRoutes(cfg)
 	if err != nil {
 		return fail(err)

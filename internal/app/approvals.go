@@ -96,7 +96,7 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 		cls = append(cls, approval.Client{Name: n, Key: k, CallbackSecret: cs})
 	}
 	o := approval.Options{Store: st, MM: clients[cfg.Approvals.App], SigningKey: key, PublicURL: cfg.HTTP.PublicURL,
-		Clients: cls, Logger: log}
+		SiteURL: cfg.Mattermost.URL, Clients: cls, Logger: log}
 	if cfg.Directory.LDAP != nil {
 		d, err := OpenDirectory(cfg)
 		if err != nil {
@@ -110,6 +110,7 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 	if err != nil {
 		return nil, err
 	}
+	s.approvalSvc = svc
 	rctx, cancel := context.WithCancel(context.Background())
 	s.stopApprovals = cancel
 	go svc.Run(rctx, 2*time.Second)

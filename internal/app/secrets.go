@@ -101,8 +101,13 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	var pending func(ctx context.Context, userID string) (string, error)
+	if s.approvalSvc != nil {
+		pending = s.approvalSvc.Pending
+	}
 	return command.Handler(command.Options{
-		Logger: log,
+		Logger:  log,
+		Pending: pending,
 		Token: func(ctx context.Context, teamID string) (string, error) {
 			if teamID == "" {
 				return "", nil

@@ -507,3 +507,39 @@ func (s *Service) callback(ctx context.Context, a *Approval) {
 	_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "mmgate", Action: "callback", Result: result,
 		Detail: a.Request.CallbackURL})
 }
+
+// Pending lists, as Markdown, the pending requests userID may decide and
+// has not answered yet, with a link to the copy they see.
+func (s *Service) Pending(ctx context.Context, userID string) (string, error) {
+	as, err := s.o.Store.pending(ctx, 200)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	n := 0
+	for _, a := range as {
+		if a.decisionOf(userID) != nil {
+			continue
+		}
+		if _, err := s.checkReviewer(ctx, a, userID); err != nil {
+			var r refusal
+			if errors.As(err, &r) {
+				continue
+			}
+			return "", err
+		}
+		link := ""
+		for _, p := range a.Posts {
+			if p.UserID == userID || (link == "" && p.UserID == "") {
+				link = strings.TrimRight(s.o.SiteURL, "/") + "/_redirect/pl/" + p.PostID
+			}
+		}
+		n++
+		fmt.Fprintf(&b, "- **%s** · asked by %s · %d of %d approvals · expires %s · [open](%s)\n", a.Request.What, a.Request.Requester,
+			a.approvals(), a.Request.Required, a.ExpiresAt.Format("2006-01-02 15:04 MST"), link)
+	}
+	if n == 0 {
+		return "No approval request is waiting for you.", nil
+	}
+	return fmt.Sprintf("#### %d approval request(s) waiting for you\n", n) + b.String(), nil
+}

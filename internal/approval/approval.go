@@ -77,6 +77,8 @@ type Decision struct {
 type PostRef struct {
 	PostID    string `json:"post_id"`
 	ChannelID string `json:"channel_id"`
+	// UserID is the reviewer of a direct message ("" for the channel).
+	UserID string `json:"user_id,omitempty"`
 }
 
 // Approval is a request and where it stands.
@@ -161,6 +163,8 @@ type Options struct {
 	SigningKey []byte
 	// PublicURL is mmgate's address as Mattermost reaches it.
 	PublicURL string
+	// SiteURL is Mattermost's, for links to the posts.
+	SiteURL string
 	Clients   []Client
 	Logger    *slog.Logger
 	Now       func() time.Time
@@ -301,24 +305,25 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 		return nil, fmt.Errorf("storing the request: %w", err)
 	}
 	// Post: one DM per user reviewer, and the channel.
-	var channels []string
+	var targets []PostRef
 	for _, uid := range a.ReviewerIDs {
 		ch, err := s.o.MM.DirectChannel(ctx, botID, uid)
 		if err != nil {
 			return nil, fmt.Errorf("direct channel with a reviewer: %w", err)
 		}
-		channels = append(channels, ch.ID)
+		targets = append(targets, PostRef{ChannelID: ch.ID, UserID: uid})
 	}
 	if a.ChannelID != "" {
-		channels = append(channels, a.ChannelID)
+		targets = append(targets, PostRef{ChannelID: a.ChannelID})
 	}
 	msg, props := s.render(a)
-	for _, ch := range channels {
-		p, err := s.o.MM.CreatePost(ctx, &mattermost.Post{ChannelID: ch, Message: msg, Props: props})
+	for _, t := range targets {
+		p, err := s.o.MM.CreatePost(ctx, &mattermost.Post{ChannelID: t.ChannelID, Message: msg, Props: props})
 		if err != nil {
 			return nil, fmt.Errorf("posting the request: %w", err)
 		}
-		a.Posts = append(a.Posts, PostRef{PostID: p.ID, ChannelID: ch})
+		t.PostID = p.ID
+		a.Posts = append(a.Posts, t)
 	}
 	if err := s.o.Store.save(ctx, a, 0); err != nil {
 		return nil, err

@@ -145,6 +145,11 @@ func (s *Store) query(ctx context.Context, q string, args ...any) ([]*Approval, 
 	return out, rows.Err()
 }
 
+// pending returns the oldest pending approvals.
+func (s *Store) pending(ctx context.Context, limit int) ([]*Approval, error) {
+	return s.query(ctx, `SELECT data, version, callback_at FROM approvals WHERE state = 'pending' ORDER BY created_at LIMIT ?`, limit)
+}
+
 // due returns pending approvals past their expiry and approvals whose
 // callback is due.
 func (s *Store) due(ctx context.Context, now time.Time) ([]*Approval, error) {

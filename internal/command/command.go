@@ -28,6 +28,9 @@ type Options struct {
 	Counts func(ctx context.Context) (map[string]int, error)
 	// IsAdmin asks Mattermost whether the user is a system admin.
 	IsAdmin func(ctx context.Context, userID string) (bool, error)
+	// Pending lists (Markdown) the approvals waiting for the user; nil when
+	// approvals are off.
+	Pending func(ctx context.Context, userID string) (string, error)
 	Logger  *slog.Logger
 }
 
@@ -96,7 +99,19 @@ func Handler(o Options) http.Handler {
 				return
 			}
 			reply(w, http.StatusOK, status(counts))
-		case "approvals", "link", "unlink", "subscribe", "unsubscribe":
+		case "approvals":
+			if o.Pending == nil {
+				reply(w, http.StatusOK, "Approvals are not configured in this mmgate.")
+				return
+			}
+			text, err := o.Pending(ctx, f.Get("user_id"))
+			if err != nil {
+				o.Logger.Error("command: listing approvals", "err", err)
+				reply(w, http.StatusOK, "mmgate cannot list your approvals right now; try again in a minute.")
+				return
+			}
+			reply(w, http.StatusOK, text)
+		case "link", "unlink", "subscribe", "unsubscribe":
 			reply(w, http.StatusOK, fmt.Sprintf("`/mmgate %s` is not available in this version of mmgate yet.", sub))
 		default:
 			reply(w, http.StatusOK, fmt.Sprintf("mmgate does not know `%s`.\n\n%s", sub, help))

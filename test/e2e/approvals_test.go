@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -209,6 +211,19 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 	}
 	if d := state(dn.ID); d.State != "pending" || len(d.Decisions) != 1 {
 		t.Fatalf("one of two approvals: %+v", d)
+	}
+	// /mmgate approvals lists it for bob (setup installs /mmgate for this gate).
+	tokFile := filepath.Join(g.dir, "admin.token")
+	if err := os.WriteFile(tokFile, []byte(s.admin.token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.mustCLI("mattermost", "setup", "--admin-token-file", tokFile)
+	var cr struct {
+		Text string `json:"text"`
+	}
+	if _, err := s.bob.do("POST", "/commands/execute", map[string]string{"channel_id": townSquare(t, s), "team_id": s.teamID,
+		"command": "/mmgate approvals"}, &cr); err != nil || !strings.Contains(cr.Text, "Drop table "+n) || strings.Contains(cr.Text, "Deploy release "+n) {
+		t.Errorf("/mmgate approvals for bob: %q %v", cr.Text, err)
 	}
 	ws := dialEvents(t, s, s.bob.token)
 	if st := click(s.bob, dn.Posts[0].PostID, "deny"); st != 200 {
