@@ -165,9 +165,9 @@ type Options struct {
 	PublicURL string
 	// SiteURL is Mattermost's, for links to the posts.
 	SiteURL string
-	Clients   []Client
-	Logger    *slog.Logger
-	Now       func() time.Time
+	Clients []Client
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Service runs approvals.
