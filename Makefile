@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzSession -fuzztime 60s ./internal/intake/smtp
 	$(GO) test -run '^$$' -fuzz FuzzAuthenticate -fuzztime 60s ./internal/intake/postback
 	$(GO) test -run '^$$' -fuzz FuzzUntrustedInputs -fuzztime 60s ./internal/sso
+	$(GO) test -run '^$$' -fuzz FuzzCallbacks -fuzztime 60s ./internal/approval
 
 vet:
 	$(GO) vet ./...

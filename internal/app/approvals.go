@@ -114,5 +114,6 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 	rctx, cancel := context.WithCancel(context.Background())
 	s.stopApprovals = cancel
 	go svc.Run(rctx, 2*time.Second)
+	svc.RunSources(rctx)
 	return svc.Routes(), nil
 }
