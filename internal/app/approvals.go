@@ -7,30 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/mmgate/mmgate/internal/approval"
 	"github.com/mmgate/mmgate/internal/config"
 	"github.com/mmgate/mmgate/internal/mattermost"
-	"github.com/mmgate/mmgate/internal/sqldb"
 )
 
-// OpenApprovals opens the approvals store: DATA_DIR/approvals.db beside
-// the spool, or the spool's PostgreSQL database.
+// OpenApprovals opens the approvals store (approvals.db).
 func OpenApprovals(ctx context.Context, cfg config.Config) (*approval.Store, error) {
-	var db *sqldb.DB
-	var err error
-	if cfg.Spool.Driver == "postgres" {
-		dsn, rerr := cfg.Spool.DSN.Resolve()
-		if rerr != nil {
-			return nil, fmt.Errorf("spool.dsn: %w", rerr)
-		}
-		db, err = sqldb.OpenPostgres(dsn)
-	} else {
-		db, err = sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), "approvals.db"))
-	}
+	db, err := OpenSideDB(cfg, "approvals.db")
 	if err != nil {
 		return nil, fmt.Errorf("approvals: %w", err)
 	}

@@ -20,20 +20,22 @@ import (
 	"github.com/mmgate/mmgate/internal/sqldb"
 )
 
-// OpenSecrets opens mmgate's secret store: DATA_DIR/secrets.db (mode 0600)
-// beside the spool, or the spool's PostgreSQL database.
-func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error) {
-	var db *sqldb.DB
-	var err error
+// OpenSideDB opens one of the small databases beside the spool: the SQLite
+// file DATA_DIR/NAME (mode 0600), or the spool's PostgreSQL database.
+func OpenSideDB(cfg config.Config, name string) (*sqldb.DB, error) {
 	if cfg.Spool.Driver == "postgres" {
-		dsn, rerr := cfg.Spool.DSN.Resolve()
-		if rerr != nil {
-			return nil, fmt.Errorf("spool.dsn: %w", rerr)
+		dsn, err := cfg.Spool.DSN.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("spool.dsn: %w", err)
 		}
-		db, err = sqldb.OpenPostgres(dsn)
-	} else {
-		db, err = sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), "secrets.db"))
+		return sqldb.OpenPostgres(dsn)
 	}
+	return sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), name))
+}
+
+// OpenSecrets opens mmgate's secret store (secrets.db).
+func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error) {
+	db, err := OpenSideDB(cfg, "secrets.db")
 	if err != nil {
 		return nil, fmt.Errorf("secret store: %w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -65,17 +64,13 @@ func ldapError(err error) error {
 	return err
 }
 
-// OpenSSOStore opens the sign-in bridge's store: beside the spool (its own
-// SQLite file, or the spool's PostgreSQL database).
+// OpenSSOStore opens the sign-in bridge's store (sso.db).
 func OpenSSOStore(ctx context.Context, cfg config.Config) (*sso.Store, error) {
-	if cfg.Spool.Driver == "postgres" {
-		dsn, err := cfg.Spool.DSN.Resolve()
-		if err != nil {
-			return nil, fmt.Errorf("spool.dsn: %w", err)
-		}
-		return sso.OpenPostgres(ctx, dsn)
+	db, err := OpenSideDB(cfg, "sso.db")
+	if err != nil {
+		return nil, fmt.Errorf("sso: %w", err)
 	}
-	return sso.OpenSQLite(ctx, filepath.Join(filepath.Dir(cfg.SpoolPath()), "sso.db"))
+	return sso.NewStore(ctx, db)
 }
 
 // startSSO builds the sign-in bridge's routes (nil when it is off).

@@ -40,7 +40,7 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sso: %w", err)
 	}
-	return newStore(ctx, db)
+	return NewStore(ctx, db)
 }
 
 // OpenPostgres opens the PostgreSQL database at dsn.
@@ -49,10 +49,11 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sso: %w", err)
 	}
-	return newStore(ctx, db)
+	return NewStore(ctx, db)
 }
 
-func newStore(ctx context.Context, db *sqldb.DB) (*Store, error) {
+// NewStore makes the store on db and creates its tables.
+func NewStore(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	pg := db.PG
 	s := &Store{db: db, now: time.Now}
 	// Ids start at a random base chosen when the table is created, so that a
