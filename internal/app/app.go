@@ -103,6 +103,7 @@ type Server struct {
 	secrets       *secrets.Store
 	approvals     *approval.Store
 	approvalSvc   *approval.Service
+	clients       map[string]*mattermost.Client
 	stopApprovals context.CancelFunc
 }
 
@@ -152,7 +153,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		}
 		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
 	}
-	s := &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, clients: clients}
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {
 		return nil, err

@@ -80,7 +80,7 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 				return nil, fmt.Errorf("approvals.clients.%s.callback_secret: %w", n, err)
 			}
 		}
-		cls = append(cls, approval.Client{Name: n, Key: k, CallbackSecret: cs})
+		cls = append(cls, approval.Client{Name: n, Key: k, CallbackSecret: cs, CallbackPrefixes: c.CallbackPrefixes})
 	}
 	o := approval.Options{Store: st, MM: clients[cfg.Approvals.App], SigningKey: key, PublicURL: cfg.HTTP.PublicURL,
 		SiteURL: cfg.Mattermost.URL, Clients: cls, Logger: log}

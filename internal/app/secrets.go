@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/mmgate/mmgate/internal/command"
@@ -43,7 +44,9 @@ func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error)
 }
 
 // BotTokens returns each app's bot token: apps.NAME.bot_token, or else the
-// one `mmgate mattermost setup` stored.
+// one `mmgate mattermost setup` stored, or else "" (the app's messages wait
+// and /readyz says why until setup has run, which the install link can do
+// on a running instance).
 func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error) {
 	out := map[string]string{}
 	var st *secrets.Store
@@ -69,7 +72,8 @@ func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error
 		}
 		tok, err := st.Get(ctx, provision.BotTokenPrefix+name)
 		if errors.Is(err, secrets.ErrNotFound) {
-			return nil, fmt.Errorf("app %s has no bot token: set apps.%s.bot_token, or run `mmgate mattermost setup` to create its bot", name, name)
+			out[name] = ""
+			continue
 		}
 		if err != nil {
 			return nil, err
@@ -153,7 +157,33 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 	o := httpapi.AdminOptions{
 		Setup: func(ctx context.Context, adminToken string, teams []string, report func(string)) (int, int, error) {
 			res, err := SetupMattermost(ctx, cfg, "", adminToken, teams, report)
+			if err == nil {
+				s.reloadTokens(ctx, cfg)
+			}
 			return res.Changed, res.Unchanged, err
+		},
+		CheckAdmin: func(ctx context.Context, adminToken string) (bool, error) {
+			u, err := mattermost.New(cfg.Mattermost.URL, adminToken, mattermost.Options{RequestTimeout: cfg.Mattermost.RequestTimeout}).Me(ctx)
+			if mattermost.IsUnauthorized(err) {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			return u.IsSystemAdmin(), nil
+		},
+		Secure: strings.HasPrefix(cfg.HTTP.PublicURL, "https://"),
+		Used: func(ctx context.Context, id string) (bool, error) {
+			st, err := OpenSecrets(ctx, cfg)
+			if err != nil {
+				return false, err
+			}
+			defer st.Close()
+			_, err = st.Get(ctx, "install_link_used/"+id)
+			if errors.Is(err, secrets.ErrNotFound) {
+				return false, nil
+			}
+			return err == nil, err
 		},
 		UseOnce: func(ctx context.Context, id string) (bool, error) {
 			st, err := OpenSecrets(ctx, cfg)
@@ -179,4 +209,18 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 		o.InstallKey = []byte(v)
 	}
 	return httpapi.AdminRoutes(o), nil
+}
+
+// reloadTokens gives the running clients the tokens setup stored.
+func (s *Server) reloadTokens(ctx context.Context, cfg config.Config) {
+	toks, err := BotTokens(ctx, cfg)
+	if err != nil {
+		s.log.Warn("reloading the bot tokens after setup", "err", err)
+		return
+	}
+	for name, c := range s.clients {
+		if t := toks[name]; t != "" {
+			c.SetToken(t)
+		}
+	}
 }

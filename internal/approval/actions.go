@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -114,10 +115,7 @@ func (s *Service) HandleAction(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
 	defer cancel()
 	resp, a, err := s.click(ctx, in)
-	actor := in.UserID
-	if in.UserName != "" {
-		actor = "@" + in.UserName + " (" + in.UserID + ")"
-	}
+	actor := "user " + in.UserID + " (as Mattermost says; name not verified: " + in.UserName + ")"
 	if err != nil {
 		id := ""
 		if a != nil {
@@ -126,7 +124,12 @@ func (s *Service) HandleAction(w http.ResponseWriter, r *http.Request) {
 		s.o.Logger.Warn("approvals: click refused", "user_id", in.UserID, "post_id", in.PostID, "reason", err)
 		_ = s.o.Store.audit(context.WithoutCancel(ctx), AuditEntry{At: s.o.Now(), ApprovalID: id, Actor: actor, Action: "click",
 			Result: "refused", Detail: err.Error()})
-		writeAction(w, actionResponse{EphemeralText: "Not recorded: " + err.Error()})
+		text := "Not recorded: mmgate could not check this click right now. Try again in a minute."
+		var r refusal
+		if errors.As(err, &r) {
+			text = "Not recorded: " + err.Error()
+		}
+		writeAction(w, actionResponse{EphemeralText: text})
 		return
 	}
 	writeAction(w, resp)
@@ -144,7 +147,7 @@ func (r refusal) Error() string { return string(r) }
 
 // click verifies a click and applies it.
 func (s *Service) click(ctx context.Context, in actionRequest) (actionResponse, *Approval, error) {
-	c, err := s.verify(in.Context.Token)
+	c, err := s.verify(in.Context.Token, tokenAudience)
 	if err != nil {
 		return actionResponse{}, nil, refusal("this button is not valid (altered or expired)")
 	}
@@ -179,6 +182,14 @@ func (s *Service) click(ctx context.Context, in actionRequest) (actionResponse, 
 	resp := actionResponse{Update: &actionUpdate{Message: msg, Props: props}}
 	if a.State == Pending {
 		resp.EphemeralText = fmt.Sprintf("Approved by you: %d of %d approvals.", a.approvals(), a.Request.Required)
+		// The other copies show the count too.
+		for _, p := range a.Posts {
+			if p.PostID != in.PostID {
+				if err := s.o.MM.PatchPost(ctx, p.PostID, msg, props); err != nil {
+					s.o.Logger.Warn("approvals: updating a post", "approval", a.ID, "post_id", p.PostID, "err", err)
+				}
+			}
+		}
 	}
 	return resp, a, nil
 }
@@ -362,7 +373,7 @@ func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
 	defer cancel()
-	c, err := s.verify(in.State)
+	c, err := s.verify(in.State, dialogAudience)
 	if err != nil || c.Action != "deny" || c.User == "" || c.User != in.UserID {
 		_ = s.o.Store.audit(ctx, AuditEntry{At: s.o.Now(), Actor: in.UserID, Action: "deny", Result: "refused",
 			Detail: "dialog state not valid for this person"})
@@ -384,7 +395,12 @@ func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		_ = s.o.Store.audit(ctx, AuditEntry{At: s.o.Now(), ApprovalID: c.Subject, Actor: in.UserID, Action: "deny", Result: "refused",
 			Detail: err.Error()})
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": "Not recorded: " + err.Error()})
+		msg := "Not recorded: mmgate could not check this right now. Try again in a minute."
+		var rf refusal
+		if errors.As(err, &rf) {
+			msg = "Not recorded: " + err.Error()
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 		return
 	}
 	_, _ = w.Write([]byte("{}\n"))
@@ -449,14 +465,22 @@ func (s *Service) callback(ctx context.Context, a *Approval) {
 	if ok, err := s.o.Store.leaseCallback(ctx, a, now.Add(2*time.Minute).Unix()); err != nil || !ok {
 		return
 	}
-	secret := ""
+	secret, known := "", false
 	for _, c := range s.o.Clients {
 		if c.Name == a.Client {
-			secret = c.CallbackSecret
+			secret, known = c.CallbackSecret, true
 			if secret == "" {
 				secret = c.Key
 			}
 		}
+	}
+	if !known || secret == "" {
+		// Never sign with an empty key: record why nothing is sent.
+		a.Callback.LastError = "client " + a.Client + " is no longer configured: callback not sent"
+		s.saveCallback(ctx, a, 0)
+		_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "mmgate", Action: "callback", Result: "not sent",
+			Detail: a.Callback.LastError})
+		return
 	}
 	body, _ := json.Marshal(map[string]any{"id": a.ID, "state": a.State, "what": a.Request.What, "requester": a.Request.Requester,
 		"decisions": a.Decisions, "decided_at": a.DecidedAt})
@@ -472,13 +496,16 @@ func (s *Service) callback(ctx context.Context, a *Approval) {
 		req.Header.Set("X-Mmgate-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
 		req.Header.Set("X-Mmgate-Approval", a.ID)
 		var resp *http.Response
-		resp, err = (&http.Client{Timeout: 30 * time.Second}).Do(req)
+		resp, err = callbackClient.Do(req)
 		if err == nil {
 			status = resp.StatusCode
 			resp.Body.Close()
 			if status/100 != 2 {
 				err = fmt.Errorf("HTTP %d", status)
 			}
+		} else {
+			// The client sees this through GET: no network details.
+			err = errors.New("no answer (connection failed or timed out)")
 		}
 	}
 	a.Callback.Attempts++
@@ -491,21 +518,53 @@ func (s *Service) callback(ctx context.Context, a *Approval) {
 		}
 		if a.DecidedAt != nil && now.Sub(*a.DecidedAt) < 72*time.Hour {
 			next = now.Add(delay).Unix()
+		} else {
+			a.Callback.LastError += "; gave up after 3 days"
 		}
 		s.o.Logger.Warn("approvals: callback failed", "approval", a.ID, "attempt", a.Callback.Attempts, "err", err)
 	} else {
 		t := now.UTC()
 		a.Callback.DoneAt, a.Callback.LastError = &t, ""
 	}
-	if err := s.o.Store.save(ctx, a, next); err != nil {
-		s.o.Logger.Warn("approvals: recording the callback", "approval", a.ID, "err", err)
-	}
+	s.saveCallback(ctx, a, next)
 	result := "acknowledged"
 	if err != nil {
 		result = "failed: " + a.Callback.LastError
 	}
-	_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "mmgate", Action: "callback", Result: result,
-		Detail: a.Request.CallbackURL})
+	where := a.Request.CallbackURL
+	if u, perr := url.Parse(where); perr == nil {
+		u.RawQuery, u.User = "", nil // tokens in a query stay out of the log
+		where = u.String()
+	}
+	_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "mmgate", Action: "callback", Result: result, Detail: where})
+}
+
+// callbackClient sends callbacks; it never follows a redirect (which would
+// carry the signed body to another host).
+var callbackClient = &http.Client{Timeout: 30 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// saveCallback records a callback attempt, retrying a conflict (a click on
+// the settled request, say) so that an acknowledged callback is not sent
+// again when the lease runs out. Delivery is at least once: receivers
+// de-duplicate by the X-Mmgate-Approval header.
+func (s *Service) saveCallback(ctx context.Context, a *Approval, next int64) {
+	for attempt := 0; attempt < 5; attempt++ {
+		err := s.o.Store.save(ctx, a, next)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errConflict) {
+			s.o.Logger.Warn("approvals: recording the callback", "approval", a.ID, "err", err)
+			return
+		}
+		fresh, gerr := s.o.Store.Get(ctx, a.ID)
+		if gerr != nil {
+			return
+		}
+		fresh.Callback = a.Callback
+		a = fresh
+	}
 }
 
 // Pending lists, as Markdown, the pending requests userID may decide and

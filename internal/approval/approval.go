@@ -135,6 +135,7 @@ type Mattermost interface {
 	CreatePost(ctx context.Context, p *mattermost.Post) (*mattermost.Post, error)
 	GetPost(ctx context.Context, id string) (*mattermost.Post, error)
 	PatchPost(ctx context.Context, id, message string, props map[string]any) error
+	DeletePost(ctx context.Context, id string) error
 	OpenDialog(ctx context.Context, triggerID, url string, dialog map[string]any) error
 	IsChannelMember(ctx context.Context, channelID, userID string) (bool, error)
 }
@@ -152,6 +153,9 @@ type Client struct {
 	Key string
 	// CallbackSecret signs the callbacks (default Key).
 	CallbackSecret string
+	// CallbackPrefixes, when set, are the only URL prefixes its
+	// callback_url may start with (mmgate calls them from inside the network).
+	CallbackPrefixes []string
 }
 
 // Options configure the service.
@@ -214,7 +218,13 @@ func (e InvalidError) Error() string { return e.Msg }
 func (s *Service) lookup(ctx context.Context, who string) (*mattermost.User, error) {
 	who = strings.TrimPrefix(strings.TrimSpace(who), "@")
 	if strings.Contains(who, "@") {
-		return s.o.MM.UserByEmail(ctx, who)
+		u, err := s.o.MM.UserByEmail(ctx, who)
+		var ae *mattermost.APIError
+		if errors.As(err, &ae) && ae.Status == 403 {
+			return nil, InvalidError{"Mattermost does not let the bot look people up by email (PrivacySettings.ShowEmailAddress is off): give " +
+				who + " by username"}
+		}
+		return u, err
 	}
 	return s.o.MM.UserByUsername(ctx, who)
 }
@@ -253,8 +263,19 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 	}
 	if r.CallbackURL != "" {
 		u, err := url.Parse(r.CallbackURL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
 			return nil, InvalidError{"callback_url must be an http(s) URL"}
+		}
+		for _, c := range s.o.Clients {
+			if c.Name == client && len(c.CallbackPrefixes) > 0 {
+				ok := false
+				for _, p := range c.CallbackPrefixes {
+					ok = ok || strings.HasPrefix(r.CallbackURL, p)
+				}
+				if !ok {
+					return nil, InvalidError{"callback_url is not one this client may use (approvals.clients." + client + ".callback_prefixes)"}
+				}
+			}
 		}
 	}
 	botID, err := s.bot(ctx)
@@ -264,8 +285,11 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 	now := s.o.Now()
 	a := &Approval{ID: newID(), Client: client, Request: r, State: Pending, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC(),
 		Decisions: []Decision{}, Posts: []PostRef{}}
+	var inv InvalidError
 	if u, err := s.lookup(ctx, r.Requester); err == nil {
 		a.RequesterID = u.ID
+	} else if errors.As(err, &inv) {
+		return nil, err
 	} else if !mattermost.IsNotFound(err) {
 		return nil, fmt.Errorf("looking up the requester: %w", err)
 	}
@@ -275,6 +299,9 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 		if mattermost.IsNotFound(err) {
 			unknown = append(unknown, who)
 			continue
+		}
+		if errors.As(err, &inv) {
+			return nil, err
 		}
 		if err != nil {
 			return nil, fmt.Errorf("looking up reviewer %s: %w", who, err)
@@ -301,15 +328,32 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 		}
 		a.ChannelID = ch.ID
 	}
+	// From here on a client that hangs up must not leave half a request.
+	ctx = context.WithoutCancel(ctx)
 	if err := s.o.Store.insert(ctx, a); err != nil {
 		return nil, fmt.Errorf("storing the request: %w", err)
 	}
-	// Post: one DM per user reviewer, and the channel.
+	if err := s.post(ctx, a, botID); err != nil {
+		// Nothing half-done stays: the posts made are deleted, the request
+		// is forgotten, and the client may ask again.
+		for _, p := range a.Posts {
+			_ = s.o.MM.DeletePost(ctx, p.PostID)
+		}
+		_ = s.o.Store.delete(ctx, a.ID)
+		return nil, err
+	}
+	_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "client " + client, Action: "create", Result: "posted",
+		Detail: fmt.Sprintf("%d post(s); requester %s", len(a.Posts), r.Requester)})
+	return a, nil
+}
+
+// post makes the copies: one DM per user reviewer, and the channel.
+func (s *Service) post(ctx context.Context, a *Approval, botID string) error {
 	var targets []PostRef
 	for _, uid := range a.ReviewerIDs {
 		ch, err := s.o.MM.DirectChannel(ctx, botID, uid)
 		if err != nil {
-			return nil, fmt.Errorf("direct channel with a reviewer: %w", err)
+			return fmt.Errorf("direct channel with a reviewer: %w", err)
 		}
 		targets = append(targets, PostRef{ChannelID: ch.ID, UserID: uid})
 	}
@@ -320,22 +364,23 @@ func (s *Service) Create(ctx context.Context, client string, r Request) (*Approv
 	for _, t := range targets {
 		p, err := s.o.MM.CreatePost(ctx, &mattermost.Post{ChannelID: t.ChannelID, Message: msg, Props: props})
 		if err != nil {
-			return nil, fmt.Errorf("posting the request: %w", err)
+			return fmt.Errorf("posting the request: %w", err)
 		}
 		t.PostID = p.ID
 		a.Posts = append(a.Posts, t)
 	}
-	if err := s.o.Store.save(ctx, a, 0); err != nil {
-		return nil, err
-	}
-	_ = s.o.Store.audit(ctx, AuditEntry{At: now, ApprovalID: a.ID, Actor: "client " + client, Action: "create", Result: "posted",
-		Detail: fmt.Sprintf("%d post(s); requester %s", len(a.Posts), r.Requester)})
-	return a, nil
+	return s.o.Store.save(ctx, a, 0)
 }
 
 // ---------------------------------------------------------------- tokens
 
-const tokenAudience = "mmgate-approval"
+// Buttons and the Deny dialog's state are different kinds of token: a
+// dialog state (which its reviewer's client receives) must never pass as a
+// button, nor a button as a dialog state.
+const (
+	tokenAudience  = "mmgate-approval-button"
+	dialogAudience = "mmgate-approval-dialog"
+)
 
 type buttonClaims struct {
 	Action string `json:"act"`
@@ -344,20 +389,24 @@ type buttonClaims struct {
 }
 
 func (s *Service) sign(id, action, user string, exp time.Time) string {
+	aud := tokenAudience
+	if user != "" {
+		aud = dialogAudience
+	}
 	t, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, buttonClaims{Action: action, User: user,
-		RegisteredClaims: jwt.RegisteredClaims{Subject: id, Audience: jwt.ClaimStrings{tokenAudience},
+		RegisteredClaims: jwt.RegisteredClaims{Subject: id, Audience: jwt.ClaimStrings{aud},
 			ExpiresAt: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(s.o.Now())}}).SignedString(s.o.SigningKey)
 	return t
 }
 
-func (s *Service) verify(tok string) (*buttonClaims, error) {
+func (s *Service) verify(tok, audience string) (*buttonClaims, error) {
 	var c buttonClaims
-	_, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithAudience(tokenAudience), jwt.WithExpirationRequired(),
+	_, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithAudience(audience), jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(s.o.Now)).ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return s.o.SigningKey, nil })
 	if err != nil {
 		return nil, err
 	}
-	if c.Subject == "" || (c.Action != "approve" && c.Action != "deny") {
+	if c.Subject == "" || (c.Action != "approve" && c.Action != "deny") || (audience == tokenAudience) != (c.User == "") {
 		return nil, errors.New("token for no request or action")
 	}
 	return &c, nil

@@ -92,7 +92,13 @@ func (f *fakeMM) PatchPost(_ context.Context, id, msg string, props map[string]a
 	return nil
 }
 func (f *fakeMM) OpenDialog(context.Context, string, string, map[string]any) error { return nil }
-func (f *fakeMM) IsChannelMember(context.Context, string, string) (bool, error)    { return true, nil }
+func (f *fakeMM) DeletePost(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.posts, id)
+	return nil
+}
+func (f *fakeMM) IsChannelMember(context.Context, string, string) (bool, error) { return true, nil }
 
 func newService(t testing.TB) (*Service, *fakeMM) {
 	t.Helper()
@@ -235,4 +241,105 @@ func FuzzCallbacks(f *testing.F) {
 			t.Fatalf("%q decided the request", body)
 		}
 	})
+}
+
+// A Deny dialog's state (which the reviewer's client receives) never works
+// as a button, so a reviewer cannot use it to answer in someone else's name.
+func TestDialogStateIsNoButton(t *testing.T) {
+	s, mm := newService(t)
+	mm.users["u-dave"] = &mattermost.User{ID: "u-dave", Username: "dave"}
+	ctx := context.Background()
+	a, err := s.Create(ctx, "deploy", Request{Requester: "alice", What: "x", Reviewers: Reviewers{Users: []string{"bob", "dave"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := s.sign(a.ID, "deny", "u-bob", time.Now().Add(time.Minute))
+	b, _ := json.Marshal(map[string]any{"user_id": "u-dave", "post_id": a.Posts[1].PostID, "trigger_id": "t", "context": map[string]any{"token": state}})
+	if _, out := post(s.HandleAction, b); !strings.Contains(out["ephemeral_text"].(string), "not valid") {
+		t.Errorf("a dialog state used as a button: %v", out)
+	}
+	button := s.sign(a.ID, "deny", "", time.Now().Add(time.Hour))
+	b, _ = json.Marshal(map[string]any{"state": button, "user_id": "u-dave", "submission": map[string]string{"reason": "forged"}})
+	if _, out := post(s.HandleDialog, b); out["error"] == nil {
+		t.Errorf("a button token used as a dialog state: %v", out)
+	}
+	if got, _ := s.o.Store.Get(ctx, a.ID); got.State != Pending || len(got.Decisions) != 0 {
+		t.Errorf("forgeries decided: %+v", got)
+	}
+}
+
+func TestCallbacks(t *testing.T) {
+	s, _ := newService(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var got []string
+	fail := 2
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path == "/redirect" {
+			http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
+			return
+		}
+		if r.URL.Path == "/elsewhere" {
+			t.Error("a redirect was followed")
+		}
+		if fail > 0 {
+			fail--
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		got = append(got, r.Header.Get("X-Mmgate-Approval"))
+	}))
+	defer srv.Close()
+	clock := time.Now()
+	s.o.Now = func() time.Time { return clock }
+	approve := func(cb string) *Approval {
+		a, err := s.Create(ctx, "deploy", Request{Requester: "alice", What: "x", Reviewers: Reviewers{Users: []string{"bob"}}, CallbackURL: cb})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.decide(ctx, a.ID, &mattermost.User{ID: "u-bob", Username: "bob"}, "approve", ""); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a := approve(srv.URL + "/cb?token=secret")
+	for i := 0; i < 6; i++ { // two failures, then success; later ticks send nothing
+		s.tick(ctx)
+		clock = clock.Add(11 * time.Minute)
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0] != a.ID {
+		t.Errorf("callbacks received: %v, want exactly one for %s", got, a.ID)
+	}
+	mu.Unlock()
+	final, _ := s.o.Store.Get(ctx, a.ID)
+	if final.Callback.Attempts != 3 || final.Callback.DoneAt == nil {
+		t.Errorf("callback record: %+v", final.Callback)
+	}
+	audit, _ := s.o.Store.Audit(ctx, a.ID, 100)
+	for _, e := range audit {
+		if strings.Contains(e.Detail, "secret") {
+			t.Errorf("the audit log holds the callback's query: %+v", e)
+		}
+	}
+	r := approve(srv.URL + "/redirect")
+	s.tick(ctx)
+	if f, _ := s.o.Store.Get(ctx, r.ID); f.Callback.DoneAt != nil || !strings.Contains(f.Callback.LastError, "HTTP 307") {
+		t.Errorf("a redirecting callback: %+v", f.Callback)
+	}
+	// A client removed from the configuration: nothing is signed with an
+	// empty key.
+	gone := approve(srv.URL + "/cb")
+	s.o.Clients = nil
+	s.tick(ctx)
+	if f, _ := s.o.Store.Get(ctx, gone.ID); !strings.Contains(f.Callback.LastError, "no longer configured") || f.callbackAt != 0 {
+		t.Errorf("callback of a removed client: %+v", f.Callback)
+	}
+	mu.Lock()
+	if len(got) != 1 {
+		t.Errorf("callbacks after: %v", got)
+	}
+	mu.Unlock()
 }

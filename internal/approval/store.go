@@ -70,6 +70,12 @@ func (s *Store) insert(ctx context.Context, a *Approval) error {
 	return err
 }
 
+// delete forgets an approval that could not be posted.
+func (s *Store) delete(ctx context.Context, id string) error {
+	_, err := s.db.Exec(ctx, `DELETE FROM approvals WHERE id = ?`, id)
+	return err
+}
+
 // Get reads an approval.
 func (s *Store) Get(ctx context.Context, id string) (*Approval, error) {
 	var data string

@@ -144,6 +144,9 @@ type ApprovalClient struct {
 	APIKey Secret `koanf:"api_key"`
 	// CallbackSecret signs its callbacks (default: the API key).
 	CallbackSecret Secret `koanf:"callback_secret"`
+	// CallbackPrefixes, when set, are the only URL prefixes its callback_url
+	// may start with (mmgate calls them from inside your network).
+	CallbackPrefixes []string `koanf:"callback_prefixes"`
 }
 
 // SSOConfig is the sign-in bridge: an OAuth2 provider shaped like GitLab's

@@ -32,6 +32,13 @@ type AdminOptions struct {
 	InstallKey []byte
 	// UseOnce records an install link's id; false when it was used before.
 	UseOnce func(ctx context.Context, id string) (bool, error)
+	// Used reports whether an install link was used (without using it).
+	Used func(ctx context.Context, id string) (bool, error)
+	// CheckAdmin says whether a token is a Mattermost system admin's; the
+	// link is used up only once it is.
+	CheckAdmin func(ctx context.Context, adminToken string) (bool, error)
+	// Secure marks the page's cookie Secure (mmgate's public URL is https).
+	Secure bool
 }
 
 // Install links are JWTs (HS256) with this issuer and audience.
@@ -101,14 +108,21 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 	if o.InstallKey != nil {
 		routes["GET /setup"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tok := r.URL.Query().Get("token")
-			if _, err := verifyInstall(o.InstallKey, tok); err != nil {
+			id, err := verifyInstall(o.InstallKey, tok)
+			if err != nil {
 				setupPage(w, http.StatusUnauthorized, setupData{Notice: "This install link is not valid or has expired. " +
 					"Ask the mmgate operator for a new one (mmgate mattermost install-link)."})
 				return
 			}
+			if o.Used != nil {
+				if used, err := o.Used(r.Context(), id); err == nil && used {
+					setupPage(w, http.StatusUnauthorized, setupData{Notice: "This install link was already used. Ask the mmgate operator for a new one."})
+					return
+				}
+			}
 			csrf := randomToken()
-			http.SetCookie(w, &http.Cookie{Name: "mmgate_setup_csrf", Value: csrf, Path: "/setup", HttpOnly: true,
-				Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: 3600})
+			http.SetCookie(w, &http.Cookie{Name: "mmgate_setup_csrf", Value: csrf, Path: "/", HttpOnly: true,
+				Secure: o.Secure || r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: 3600})
 			setupPage(w, http.StatusOK, setupData{Form: true, Token: tok, CSRF: csrf})
 		})
 		routes["POST /setup"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -130,6 +144,19 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 				setupPage(w, http.StatusBadRequest, setupData{Form: true, Token: r.PostForm.Get("token"), CSRF: c.Value,
 					Error: "Paste a personal access token of a Mattermost system admin."})
 				return
+			}
+			if o.CheckAdmin != nil {
+				ok, err := o.CheckAdmin(r.Context(), admin)
+				if err != nil {
+					setupPage(w, http.StatusServiceUnavailable, setupData{Form: true, Token: r.PostForm.Get("token"), CSRF: c.Value,
+						Error: "Mattermost did not answer, so the token cannot be checked. Try again in a minute."})
+					return
+				}
+				if !ok {
+					setupPage(w, http.StatusUnauthorized, setupData{Form: true, Token: r.PostForm.Get("token"), CSRF: c.Value,
+						Error: "Mattermost does not accept this token as a system admin's. Check it and try again."})
+					return
+				}
 			}
 			fresh, err := o.UseOnce(r.Context(), id)
 			if err != nil {
@@ -194,7 +221,7 @@ input:focus,button:focus{outline:3px solid #ffbf47}
 <p>mmgate will create its bots, their tokens and the <code>/mmgate</code> command. Your token is used for this
 once and not stored.</p>
 {{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
-<form method="post" action="/setup">
+<form method="post" action="setup">
 <input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="csrf" value="{{.CSRF}}">
 <label for="admin_token">A system admin's personal access token</label>
 <input type="password" id="admin_token" name="admin_token" autocomplete="off" required>

@@ -23,6 +23,7 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 	used := map[string]bool{}
 	runs := 0
 	o := AdminOptions{AdminToken: "adm", InstallKey: key,
+		CheckAdmin: func(_ context.Context, tok string) (bool, error) { return tok == "mm-admin", nil },
 		Setup: func(_ context.Context, tok string, _ []string, report func(string)) (int, int, error) {
 			mu.Lock()
 			runs++
@@ -110,6 +111,9 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 	st, page := get(srv.URL + "/setup?token=" + tok)
 	if st != 200 || !strings.Contains(page, `type="password"`) {
 		t.Fatalf("install page: %d\n%s", st, page)
+	}
+	if st, body := submit(page, "not-an-admin"); st != 401 || !strings.Contains(body, "system admin") {
+		t.Errorf("a token that is not an admin's: %d\n%s", st, body)
 	}
 	if st, body := submit(page, "mm-admin"); st != 200 || !strings.Contains(body, "installed") || !strings.Contains(body, "bot @jira: created") {
 		t.Errorf("install: %d\n%s", st, body)

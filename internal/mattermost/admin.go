@@ -203,3 +203,8 @@ func (c *Client) IsChannelMember(ctx context.Context, channelID, userID string) 
 	}
 	return err == nil, err
 }
+
+// DeletePost deletes a post (DELETE /posts/{id}).
+func (c *Client) DeletePost(ctx context.Context, id string) error {
+	return c.do(ctx, request{op: "delete post", method: http.MethodDelete, path: "/posts/" + seg(id)})
+}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mmgate/mmgate/internal/fault"
@@ -47,7 +48,7 @@ type Options struct {
 // concurrent use.
 type Client struct {
 	api            string // "https://host/prefix/api/v4", no trailing slash
-	token          string
+	token          atomic.Pointer[string]
 	configErr      error
 	hc             *http.Client
 	ua             string
@@ -69,7 +70,6 @@ const maxRunesTTL = 10 * time.Minute
 // fault.Invalid error.
 func New(baseURL, token string, opts Options) *Client {
 	c := &Client{
-		token:          token,
 		hc:             opts.HTTPClient,
 		ua:             opts.UserAgent,
 		log:            opts.Logger,
@@ -107,11 +107,13 @@ func New(baseURL, token string, opts Options) *Client {
 		p = strings.TrimSuffix(p, "/api/v4")
 		c.api = u.Scheme + "://" + u.Host + p + "/api/v4"
 	}
-	if token == "" && c.configErr == nil {
-		c.configErr = fault.New(fault.Invalid, "mattermost_config", "Mattermost token is empty")
-	}
+	c.token.Store(&token)
 	return c
 }
+
+// SetToken replaces the token (after `mmgate mattermost setup` stored a
+// new one); calls already under way keep the old one.
+func (c *Client) SetToken(token string) { c.token.Store(&token) }
 
 // String describes the client without its token.
 func (c *Client) String() string { return "mattermost.Client(" + c.api + ")" }
@@ -154,6 +156,12 @@ func (c *Client) do(ctx context.Context, r request) (err error) {
 	if c.configErr != nil {
 		return c.configErr
 	}
+	token := *c.token.Load()
+	if token == "" {
+		// Temporary: messages wait (and /readyz fails) until setup stores one.
+		return fault.New(fault.Temporary, "mattermost_no_token",
+			"this app has no Mattermost bot token yet: set apps.NAME.bot_token or run `mmgate mattermost setup`")
+	}
 	defer func() {
 		if err != nil {
 			err = faultOf(err)
@@ -177,7 +185,7 @@ func (c *Client) do(ctx context.Context, r request) (err error) {
 	if r.body != nil && r.contentType != "" {
 		req.Header.Set("Content-Type", r.contentType)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
 

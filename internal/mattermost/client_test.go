@@ -361,7 +361,9 @@ func TestBaseURL(t *testing.T) {
 			t.Errorf("%q: err = %v", bad, err)
 		}
 	}
-	if err := New("http://x", "", Options{}).Ping(context.Background()); fault.KindOf(err) != fault.Invalid {
+	// No token yet (setup has not run): temporary, so messages wait.
+	c := New("http://x", "", Options{})
+	if err := c.Ping(context.Background()); fault.KindOf(err) != fault.Temporary || fault.CodeOf(err) != "mattermost_no_token" {
 		t.Errorf("empty token: %v", err)
 	}
 }

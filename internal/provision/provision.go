@@ -250,11 +250,11 @@ func bot(ctx context.Context, o Options, a App, teams []mattermost.Team, say fun
 	if len(a.Icon) > 0 {
 		sum := sha256.Sum256(a.Icon)
 		h := hex.EncodeToString(sum[:])
-		if old, _ := o.Secrets.Get(ctx, iconPrefix+a.Name); old != h {
+		if old, _ := o.Secrets.Get(ctx, iconPrefix+a.Username); old != h {
 			if err := o.Admin.SetProfileImage(ctx, b.UserID, a.IconName, a.Icon); err != nil {
 				return fmt.Errorf("setting the icon of @%s: %w", a.Username, err)
 			}
-			if err := o.Secrets.Put(ctx, iconPrefix+a.Name, h); err != nil {
+			if err := o.Secrets.Put(ctx, iconPrefix+a.Username, h); err != nil {
 				return err
 			}
 			say(true, "bot @%s: icon set", a.Username)
@@ -322,7 +322,8 @@ func command(ctx context.Context, o Options, t mattermost.Team, say func(bool, s
 		tok = c.Token
 		say(true, "team %s: /mmgate created", t.Name)
 	case have.URL != want.URL || have.Method != want.Method || have.AutoCompleteHint != want.AutoCompleteHint ||
-		have.Description != want.Description || !have.AutoComplete:
+		have.Description != want.Description || have.DisplayName != want.DisplayName ||
+		have.AutoCompleteDesc != want.AutoCompleteDesc || !have.AutoComplete:
 		upd := *have
 		upd.URL, upd.Method, upd.Description, upd.DisplayName = want.URL, want.Method, want.Description, want.DisplayName
 		upd.AutoComplete, upd.AutoCompleteDesc, upd.AutoCompleteHint = true, want.AutoCompleteDesc, want.AutoCompleteHint
@@ -341,7 +342,10 @@ func command(ctx context.Context, o Options, t mattermost.Team, say func(bool, s
 	}
 	name := CommandTokenPrefix + t.ID
 	if old, _ := o.Secrets.Get(ctx, name); old != tok {
-		return o.Secrets.Put(ctx, name, tok)
+		if err := o.Secrets.Put(ctx, name, tok); err != nil {
+			return err
+		}
+		say(true, "team %s: /mmgate's token stored in the secret store", t.Name)
 	}
 	return nil
 }
