@@ -554,7 +554,28 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 		lookup = func() (*mattermost.User, error) { return app.Client.UserByUsername(ctx, p.Username) }
 	} else {
 		key += "e:" + p.Email
-		lookup = func() (*mattermost.User, error) { return app.Client.UserByEmail(ctx, p.Email) }
+		// A person with several addresses may have any of them in
+		// Mattermost: the primary one first, then the others.
+		addrs := []string{p.Email}
+		for _, a := range p.Addresses {
+			if !strings.EqualFold(a, p.Email) {
+				addrs = append(addrs, a)
+			}
+		}
+		lookup = func() (*mattermost.User, error) {
+			var err error
+			for _, a := range addrs {
+				var u *mattermost.User
+				if u, err = app.Client.UserByEmail(ctx, a); err == nil {
+					return u, nil
+				}
+				var ae *mattermost.APIError
+				if !errors.As(err, &ae) || ae.Status != 404 {
+					return nil, err
+				}
+			}
+			return nil, err
+		}
 		if how == "" {
 			how = "Mattermost user with this email"
 		}
@@ -572,6 +593,9 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 		var ae *mattermost.APIError
 		if errors.As(err, &ae) && ae.Status == 404 {
 			who := "email " + p.Email
+			if len(p.Addresses) > 1 {
+				who = "any of the emails " + strings.Join(p.Addresses, ", ")
+			}
 			if p.Username != "" {
 				who = "username " + p.Username
 			}

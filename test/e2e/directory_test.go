@@ -239,3 +239,61 @@ func TestLDAPDirectoryDecidesWhoReceives(t *testing.T) {
 		t.Errorf("alice has %d posts of the message sent during the outage, want 1 (err %v)", len(ps), err)
 	}
 }
+
+// TestLDAPPersonFoundInMattermostByEmail: without username_attribute the
+// directory person is found in Mattermost by email; alice's Mattermost
+// email is her second LDAP address, not the one the mail was sent to.
+func TestLDAPPersonFoundInMattermostByEmail(t *testing.T) {
+	s := setup(t)
+	l := startLDAP(t, s)
+	l.seed()
+	var me struct {
+		Email string `json:"email"`
+	}
+	if _, err := s.alice.do("GET", "/users/me", nil, &me); err != nil || me.Email == "" {
+		t.Fatalf("alice's Mattermost email: %v", err)
+	}
+	c := l.admin()
+	mod := goldap.NewModifyRequest("uid=alice,ou=people,"+ldapBase, nil)
+	mod.Add("mail", []string{me.Email})
+	if err := c.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// The bot may look people up by email only when Mattermost shows emails.
+	var cfg map[string]map[string]any
+	if _, err := s.admin.do("GET", "/config", nil, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	was := cfg["PrivacySettings"]["ShowEmailAddress"]
+	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": was}}, nil)
+	})
+	pwFile := filepath.Join(l.dir, "bind.pw")
+	if err := os.WriteFile(pwFile, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, s, gateConfig{
+		Directory: fmt.Sprintf("{ldap: {urls: ['ldap://127.0.0.1:%d'], bind_dn: '%s', bind_password: 'file:%s', base_dn: '%s', timeout: 3s}}",
+			l.port, ldapAdmin, pwFile, ldapBase),
+	})
+	alice := s.recipient(t, "alice")
+	n := nonce()
+	msgID := "ldap-email-" + n + "@e2e.test"
+	since := time.Now()
+	g.mustSend(jiraAuth, "jira@"+mailDomain, []string{"alice@" + mailDomain},
+		crlf(header("jira@"+mailDomain, "alice@"+mailDomain, "E2E by email "+n, msgID)+"Content-Type: text/plain\n\nFound by email.\n"))
+	alice.waitPosts(t, g, since, msgID, 1)
+	var id string
+	eventually(t, waitFor, "the message posted", func() (bool, string) {
+		r, ok := findRow(g.list("queue", "list", "--all"), n)
+		id = r.ID
+		return ok && strings.Contains(r.Line, "posted"), r.Line
+	})
+	if show := g.mustCLI("queue", "show", id); !strings.Contains(show, "→ @alice") || !strings.Contains(show, me.Email) {
+		t.Errorf("queue show should name alice's entry with both addresses and the Mattermost user:\n%s", show)
+	}
+}
