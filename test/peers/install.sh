@@ -15,6 +15,8 @@ ruby -e 'require "faraday"' 2>/dev/null || need+=(ruby-faraday)
 # the directory tests: OpenLDAP's server and its command-line tools
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapsearch   >/dev/null || need+=(ldap-utils)
+# a real Active Directory domain controller for the AD path: Samba's
+[ -x /usr/sbin/samba ] && [ -d /usr/share/samba/setup/ad-schema ] || need+=(samba-ad-dc samba-ad-provision)
 # the sign-in page's screenshots: Debian's headless Chromium
 command -v chromium     >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
