@@ -44,8 +44,13 @@ and used for this run only: it is not stored.`,
 			if tok == "" {
 				return fmt.Errorf("--admin-token-file %s is empty: put a system admin's personal access token in it", tokenFile)
 			}
+			st, err := app.OpenSecrets(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
 			w := cmd.OutOrStdout()
-			res, err := app.SetupMattermost(cmd.Context(), cfg, mmURL, tok, teams, func(line string) { fmt.Fprintln(w, line) })
+			res, err := app.SetupMattermost(cmd.Context(), cfg, st, mmURL, tok, teams, func(line string) { fmt.Fprintln(w, line) })
 			if err != nil {
 				return err
 			}

@@ -101,6 +101,7 @@ type Server struct {
 	ssoStore      *sso.Store
 	stopSSO       context.CancelFunc
 	secrets       *secrets.Store
+	secretsMu     sync.Mutex
 	approvals     *approval.Store
 	approvalSvc   *approval.Service
 	clients       map[string]*mattermost.Client
@@ -124,10 +125,18 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if err := os.MkdirAll(spill, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	rel, clients, err := buildRelay(cfg, spill, log.With("component", "relay"))
+	s := &Server{cfg: cfg, log: log}
+	tokens, err := BotTokens(ctx, cfg, s.secretStore)
 	if err != nil {
+		s.closeSecrets()
 		return nil, err
 	}
+	rel, clients, err := buildRelay(cfg, spill, tokens, log.With("component", "relay"))
+	if err != nil {
+		s.closeSecrets()
+		return nil, err
+	}
+	s.clients = clients
 	var creds []smtpintake.Credential
 	checks := map[string]httpapi.Check{}
 	for name, a := range cfg.Apps {
@@ -141,6 +150,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		if a.SMTP.Password.IsSet() {
 			pw, err := a.SMTP.Password.Resolve()
 			if err != nil {
+				s.closeSecrets()
 				return nil, fmt.Errorf("apps.%s.smtp.password: %w", name, err)
 			}
 			creds = append(creds, smtpintake.Credential{Username: a.SMTPUsername(name), Password: pw, App: name})
@@ -149,13 +159,14 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for i, rc := range cfg.SMTP.RelayCredentials {
 		pw, err := rc.Password.Resolve()
 		if err != nil {
+			s.closeSecrets()
 			return nil, fmt.Errorf("smtp.relay_credentials[%d].password: %w", i, err)
 		}
 		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
 	}
-	s := &Server{cfg: cfg, log: log, clients: clients}
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {
+		s.closeSecrets()
 		return nil, err
 	}
 	s.spool = sp
@@ -308,9 +319,7 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.approvals != nil {
 		_ = s.approvals.Close()
 	}
-	if s.secrets != nil {
-		_ = s.secrets.Close()
-	}
+	s.closeSecrets()
 	if s.spool != nil {
 		if err := s.spool.Stop(ctx); err != nil {
 			s.log.Warn("spool stop", "err", err)
@@ -320,6 +329,15 @@ func (s *Server) Stop(ctx context.Context) {
 		}
 	}
 	s.log.Info("mmgate stopped")
+}
+
+func (s *Server) closeSecrets() {
+	s.secretsMu.Lock()
+	defer s.secretsMu.Unlock()
+	if s.secrets != nil {
+		_ = s.secrets.Close()
+		s.secrets = nil
+	}
 }
 
 // postbackRoutes builds the postback intake's route, if mailboxes are configured.
@@ -407,18 +425,29 @@ func OpenDirectory(cfg config.Config) (relay.Directory, error) {
 // messages: it reads the directory and looks users up in Mattermost, and
 // posts nothing.
 func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
-	rel, _, err := buildRelay(cfg, os.TempDir(), log)
+	var st *secrets.Store
+	tokens, err := BotTokens(context.Background(), cfg, func(ctx context.Context) (*secrets.Store, error) {
+		if st == nil {
+			var err error
+			st, err = OpenSecrets(ctx, cfg)
+			return st, err
+		}
+		return st, nil
+	})
+	if st != nil {
+		_ = st.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, log)
 	return rel, err
 }
 
 // buildRelay makes the relay of cfg (without its spool) and each app's
 // Mattermost client. Nothing connects yet.
-func buildRelay(cfg config.Config, spill string, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
+func buildRelay(cfg config.Config, spill string, tokens map[string]string, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
 	router, err := route.New(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	tokens, err := BotTokens(context.Background(), cfg)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -43,18 +43,15 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 		}
 		key = []byte(v)
 	} else {
-		sec, err := OpenSecrets(ctx, cfg)
+		sec, err := s.secretStore(ctx)
 		if err != nil {
 			return nil, err
 		}
-		b := make([]byte, 32)
-		_, _ = rand.Read(b)
-		if _, err := sec.PutNew(ctx, "approvals_signing_key", base64.StdEncoding.EncodeToString(b)); err != nil {
-			sec.Close()
-			return nil, err
-		}
-		v, err := sec.Get(ctx, "approvals_signing_key")
-		sec.Close()
+		v, err := sec.GetOrCreate(ctx, "approvals_signing_key", func() (string, error) {
+			b := make([]byte, 32)
+			_, err := rand.Read(b)
+			return base64.StdEncoding.EncodeToString(b), err
+		})
 		if err != nil {
 			return nil, err
 		}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/mmgate/mmgate/internal/command"
 	"github.com/mmgate/mmgate/internal/config"
@@ -46,15 +45,9 @@ func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error)
 // BotTokens returns each app's bot token: apps.NAME.bot_token, or else the
 // one `mmgate mattermost setup` stored, or else "" (the app's messages wait
 // and /readyz says why until setup has run, which the install link can do
-// on a running instance).
-func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error) {
+// on a running instance). store opens the secret store, only if needed.
+func BotTokens(ctx context.Context, cfg config.Config, store func(context.Context) (*secrets.Store, error)) (map[string]string, error) {
 	out := map[string]string{}
-	var st *secrets.Store
-	defer func() {
-		if st != nil {
-			_ = st.Close()
-		}
-	}()
 	for name, a := range cfg.Apps {
 		if a.BotToken.IsSet() {
 			tok, err := a.BotToken.Resolve()
@@ -64,18 +57,12 @@ func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error
 			out[name] = tok
 			continue
 		}
-		if st == nil {
-			var err error
-			if st, err = OpenSecrets(ctx, cfg); err != nil {
-				return nil, err
-			}
+		st, err := store(ctx)
+		if err != nil {
+			return nil, err
 		}
 		tok, err := st.Get(ctx, provision.BotTokenPrefix+name)
-		if errors.Is(err, secrets.ErrNotFound) {
-			out[name] = ""
-			continue
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, secrets.ErrNotFound) {
 			return nil, err
 		}
 		out[name] = tok
@@ -83,25 +70,33 @@ func BotTokens(ctx context.Context, cfg config.Config) (map[string]string, error
 	return out, nil
 }
 
+// secretStore opens the secret store once, at its first use, so that a data
+// directory that cannot be written (see the spool's refusals) or a database
+// that is down never keeps mmgate from starting.
+func (s *Server) secretStore(ctx context.Context) (*secrets.Store, error) {
+	s.secretsMu.Lock()
+	defer s.secretsMu.Unlock()
+	if s.secrets == nil {
+		st, err := OpenSecrets(ctx, s.cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.secrets = st
+	}
+	return s.secrets, nil
+}
+
+// newClient is a Mattermost client of mmgate's configuration for token.
+func newClient(cfg config.Config, url, token string) *mattermost.Client {
+	if url == "" {
+		url = cfg.Mattermost.URL
+	}
+	return mattermost.New(url, token, mattermost.Options{RequestTimeout: cfg.Mattermost.RequestTimeout})
+}
+
 // commandHandler builds the /mmgate slash command's handler.
 func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[string]*mattermost.Client,
 	log *slog.Logger) (http.Handler, error) {
-	// The store is opened at the first command, so that a data directory
-	// that cannot be written (see the spool's refusals) or a database that
-	// is down never keeps mmgate from starting.
-	var mu sync.Mutex
-	open := func(ctx context.Context) (*secrets.Store, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if s.secrets == nil {
-			st, err := OpenSecrets(ctx, cfg)
-			if err != nil {
-				return nil, err
-			}
-			s.secrets = st
-		}
-		return s.secrets, nil
-	}
 	names := make([]string, 0, len(clients))
 	for n := range clients {
 		names = append(names, n)
@@ -118,7 +113,7 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 			if teamID == "" {
 				return "", nil
 			}
-			st, err := open(ctx)
+			st, err := s.secretStore(ctx)
 			if err != nil {
 				return "", err
 			}
@@ -156,14 +151,18 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error) {
 	o := httpapi.AdminOptions{
 		Setup: func(ctx context.Context, adminToken string, teams []string, report func(string)) (int, int, error) {
-			res, err := SetupMattermost(ctx, cfg, "", adminToken, teams, report)
+			st, err := s.secretStore(ctx)
+			if err != nil {
+				return 0, 0, err
+			}
+			res, err := SetupMattermost(ctx, cfg, st, "", adminToken, teams, report)
 			if err == nil {
 				s.reloadTokens(ctx, cfg)
 			}
 			return res.Changed, res.Unchanged, err
 		},
 		CheckAdmin: func(ctx context.Context, adminToken string) (bool, error) {
-			u, err := mattermost.New(cfg.Mattermost.URL, adminToken, mattermost.Options{RequestTimeout: cfg.Mattermost.RequestTimeout}).Me(ctx)
+			u, err := newClient(cfg, "", adminToken).Me(ctx)
 			if mattermost.IsUnauthorized(err) {
 				return false, nil
 			}
@@ -174,11 +173,10 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 		},
 		Secure: strings.HasPrefix(cfg.HTTP.PublicURL, "https://"),
 		Used: func(ctx context.Context, id string) (bool, error) {
-			st, err := OpenSecrets(ctx, cfg)
+			st, err := s.secretStore(ctx)
 			if err != nil {
 				return false, err
 			}
-			defer st.Close()
 			_, err = st.Get(ctx, "install_link_used/"+id)
 			if errors.Is(err, secrets.ErrNotFound) {
 				return false, nil
@@ -186,11 +184,10 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 			return err == nil, err
 		},
 		UseOnce: func(ctx context.Context, id string) (bool, error) {
-			st, err := OpenSecrets(ctx, cfg)
+			st, err := s.secretStore(ctx)
 			if err != nil {
 				return false, err
 			}
-			defer st.Close()
 			return st.PutNew(ctx, "install_link_used/"+id, "1")
 		},
 	}
@@ -213,7 +210,7 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 
 // reloadTokens gives the running clients the tokens setup stored.
 func (s *Server) reloadTokens(ctx context.Context, cfg config.Config) {
-	toks, err := BotTokens(ctx, cfg)
+	toks, err := BotTokens(ctx, cfg, s.secretStore)
 	if err != nil {
 		s.log.Warn("reloading the bot tokens after setup", "err", err)
 		return

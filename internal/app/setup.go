@@ -11,27 +11,20 @@ import (
 	"github.com/mmgate/mmgate/internal/config"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/provision"
+	"github.com/mmgate/mmgate/internal/secrets"
 )
 
 // SetupMattermost runs `mmgate mattermost setup` with a system admin's
-// token against the Mattermost at mmURL ("" : mattermost.url); report gets
-// one line per thing looked at.
-func SetupMattermost(ctx context.Context, cfg config.Config, mmURL, adminToken string, teams []string, report func(string)) (provision.Result, error) {
-	if mmURL == "" {
-		mmURL = cfg.Mattermost.URL
-	}
+// token against the Mattermost at mmURL ("" : mattermost.url), keeping
+// tokens in st; report gets one line per thing looked at.
+func SetupMattermost(ctx context.Context, cfg config.Config, st *secrets.Store, mmURL, adminToken string, teams []string,
+	report func(string)) (provision.Result, error) {
 	if len(teams) == 0 {
 		teams = cfg.Mattermost.Setup.Teams
 	}
-	st, err := OpenSecrets(ctx, cfg)
-	if err != nil {
-		return provision.Result{}, err
-	}
-	defer st.Close()
-	admin := mattermost.New(mmURL, adminToken, mattermost.Options{RequestTimeout: cfg.Mattermost.RequestTimeout})
-	o := provision.Options{Admin: admin, Secrets: st, Teams: teams, Report: report,
+	o := provision.Options{Admin: newClient(cfg, mmURL, adminToken), Secrets: st, Teams: teams, Report: report,
 		Check: func(ctx context.Context, token, userID string) (bool, error) {
-			me, err := mattermost.New(mmURL, token, mattermost.Options{RequestTimeout: cfg.Mattermost.RequestTimeout}).Me(ctx)
+			me, err := newClient(cfg, mmURL, token).Me(ctx)
 			if err != nil {
 				if mattermost.IsUnauthorized(err) {
 					return false, nil

@@ -68,6 +68,22 @@ func (s *Store) PutNew(ctx context.Context, name, value string) (bool, error) {
 	return n == 1, nil
 }
 
+// GetOrCreate returns the secret name, storing gen's value first if there
+// is none; replicas racing to create it all get the one stored first.
+func (s *Store) GetOrCreate(ctx context.Context, name string, gen func() (string, error)) (string, error) {
+	if v, err := s.Get(ctx, name); !errors.Is(err, ErrNotFound) {
+		return v, err
+	}
+	v, err := gen()
+	if err != nil {
+		return "", err
+	}
+	if _, err := s.PutNew(ctx, name, v); err != nil {
+		return "", err
+	}
+	return s.Get(ctx, name)
+}
+
 // Delete forgets the secret name.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	_, err := s.db.Exec(ctx, `DELETE FROM mmgate_secrets WHERE name = ?`, name)
