@@ -13,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/mmgate/mmgate/internal/fault"
+	"github.com/mmgate/mmgate/internal/httpapi"
 )
 
 // Routes are the approvals API and the endpoints Mattermost calls.
@@ -23,17 +24,6 @@ func (s *Service) Routes() map[string]http.Handler {
 		"POST /mattermost/actions/approval": http.HandlerFunc(s.HandleAction),
 		"POST /mattermost/dialogs/approval": http.HandlerFunc(s.HandleDialog),
 	}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, err error) {
-	st, body := fault.HTTP(err)
-	writeJSON(w, st, body)
 }
 
 // authenticate returns the client: Authorization: Bearer KEY, or Bearer
@@ -75,14 +65,14 @@ func (s *Service) authenticate(r *http.Request) (string, error) {
 func (s *Service) apiCreate(w http.ResponseWriter, r *http.Request) {
 	client, err := s.authenticate(r)
 	if err != nil {
-		writeErr(w, err)
+		httpapi.WriteError(w, err)
 		return
 	}
 	var req Request
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeErr(w, fault.New(fault.Invalid, "bad_request", "the body is not a valid approval request: "+err.Error()))
+		httpapi.WriteError(w, fault.New(fault.Invalid, "bad_request", "the body is not a valid approval request: "+err.Error()))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
@@ -90,28 +80,28 @@ func (s *Service) apiCreate(w http.ResponseWriter, r *http.Request) {
 	a, err := s.Create(ctx, client, req)
 	var inv InvalidError
 	if errors.As(err, &inv) {
-		writeErr(w, fault.New(fault.Invalid, "invalid_request", inv.Msg))
+		httpapi.WriteError(w, fault.New(fault.Invalid, "invalid_request", inv.Msg))
 		return
 	}
 	if err != nil {
 		s.o.Logger.Error("approvals: creating a request", "client", client, "err", err)
-		writeErr(w, fault.Wrap(fault.Temporary, "mattermost_unavailable", "the request could not be posted: "+err.Error(), err))
+		httpapi.WriteError(w, fault.Wrap(fault.Temporary, "mattermost_unavailable", "the request could not be posted: "+err.Error(), err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, a)
+	httpapi.WriteJSON(w, http.StatusCreated, a)
 }
 
 // apiGet returns a request; ?wait=30s waits (at most 60 s) for a decision.
 func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
 	client, err := s.authenticate(r)
 	if err != nil {
-		writeErr(w, err)
+		httpapi.WriteError(w, err)
 		return
 	}
 	var wait time.Duration
 	if v := r.URL.Query().Get("wait"); v != "" {
 		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
-			writeErr(w, fault.New(fault.Invalid, "bad_request", "wait must be a duration such as 30s"))
+			httpapi.WriteError(w, fault.New(fault.Invalid, "bad_request", "wait must be a duration such as 30s"))
 			return
 		}
 		wait = min(wait, time.Minute)
@@ -120,15 +110,15 @@ func (s *Service) apiGet(w http.ResponseWriter, r *http.Request) {
 	for {
 		a, err := s.o.Store.Get(r.Context(), r.PathValue("id"))
 		if errors.Is(err, ErrNotFound) || (err == nil && a.Client != client) {
-			writeErr(w, fault.New(fault.NotFound, "not_found", "no such approval request"))
+			httpapi.WriteError(w, fault.New(fault.NotFound, "not_found", "no such approval request"))
 			return
 		}
 		if err != nil {
-			writeErr(w, err)
+			httpapi.WriteError(w, err)
 			return
 		}
 		if a.State != Pending || !time.Now().Before(deadline) {
-			writeJSON(w, http.StatusOK, a)
+			httpapi.WriteJSON(w, http.StatusOK, a)
 			return
 		}
 		select {

@@ -233,12 +233,20 @@ once and not stored.</p>
 </main></body></html>`))
 
 func setupPage(w http.ResponseWriter, status int, d setupData) {
+	WriteHTML(w, status, "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'", setupTmpl, d)
+}
+
+// WriteHTML renders a page that holds secrets or forms (the sign-in page,
+// the install page): never cached, framed, sniffed or sent as Referer,
+// under the Content-Security-Policy csp.
+func WriteHTML(w http.ResponseWriter, status int, csp string, t *template.Template, data any) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", csp)
 	w.WriteHeader(status)
-	_ = setupTmpl.Execute(w, d)
+	_ = t.Execute(w, data)
 }

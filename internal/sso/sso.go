@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,8 @@ import (
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/mmgate/mmgate/internal/httpapi"
 )
 
 // Profile is what an upstream says about a person.
@@ -334,13 +337,12 @@ func (b *Bridge) endOwnSession(w http.ResponseWriter, r *http.Request) bool {
 // gitlabUser is GitLab's GET /api/v4/user as Mattermost reads it: a
 // numeric, non-zero, stable id, username, email and name.
 func (b *Bridge) gitlabUser(w http.ResponseWriter, r *http.Request) {
+	// GitLab's error shape: {"message", "error"}.
 	fail := func(status int, code, msg string) {
-		w.Header().Set("Content-Type", "application/json")
 		if status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="mmgate", error="invalid_token"`)
 		}
-		w.WriteHeader(status)
-		_, _ = fmt.Fprintf(w, `{"message":%q,"error":%q}`+"\n", msg, code)
+		httpapi.WriteJSON(w, status, map[string]string{"message": msg, "error": code})
 	}
 	auth := r.Header.Get("Authorization")
 	scheme, tok, ok := strings.Cut(auth, " ")
@@ -364,7 +366,7 @@ func (b *Bridge) gitlabUser(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusServiceUnavailable, "unavailable", "the sign-in store cannot be read; try again")
 		return
 	}
-	if !contains(t.Scopes, gitlabScope) && !contains(t.Scopes, oidc.ScopeProfile) {
+	if !slices.Contains(t.Scopes, gitlabScope) && !slices.Contains(t.Scopes, oidc.ScopeProfile) {
 		fail(http.StatusForbidden, "insufficient_scope", "403 Forbidden: the token was not issued for read_user or profile")
 		return
 	}
@@ -374,8 +376,7 @@ func (b *Bridge) gitlabUser(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusServiceUnavailable, "unavailable", "the sign-in store cannot be read; try again")
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = jsonEncode(w, map[string]any{
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{
 		"id": p.ID, "username": p.Username, "email": p.Email, "name": p.Name,
 		"state": "active", "login": p.Username,
 	})
@@ -515,7 +516,7 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 	if b.fromSession(w, r, req) {
 		return
 	}
-	if contains(req.Prompt, oidc.PromptNone) {
+	if slices.Contains(req.Prompt, oidc.PromptNone) {
 		u, _ := url.Parse(req.RedirectURI)
 		q := u.Query()
 		q.Set("error", "login_required")
@@ -781,15 +782,6 @@ func addrKey(s string) string {
 		return p.String()
 	}
 	return a.String()
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // ------------------------------------------------------------ rate limits
