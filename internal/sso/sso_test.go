@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -84,7 +83,7 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	var h http.Handler
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	t.Cleanup(e.srv.Close)
-	st, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "sso.db"))
+	st, err := openSQLite(t)
 	if err != nil {
 		t.Fatal(err)
 	}

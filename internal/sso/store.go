@@ -34,24 +34,6 @@ type Store struct {
 // ErrNotFound is a missing, expired or used row.
 var ErrNotFound = errors.New("not found")
 
-// OpenSQLite opens (creating) the SQLite file path.
-func OpenSQLite(ctx context.Context, path string) (*Store, error) {
-	db, err := sqldb.OpenSQLite(path)
-	if err != nil {
-		return nil, fmt.Errorf("sso: %w", err)
-	}
-	return NewStore(ctx, db)
-}
-
-// OpenPostgres opens the PostgreSQL database at dsn.
-func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
-	db, err := sqldb.OpenPostgres(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("sso: %w", err)
-	}
-	return NewStore(ctx, db)
-}
-
 // NewStore makes the store on db and creates its tables.
 func NewStore(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	pg := db.PG
@@ -341,14 +323,6 @@ type Token struct {
 	ClientID  string
 	Scopes    []string
 	ExpiresAt time.Time
-}
-
-// SaveToken records an access token by its id (the id, not the token, is
-// what the encrypted bearer token carries).
-func (s *Store) SaveToken(ctx context.Context, t Token, requestID string) error {
-	_, err := s.exec(ctx, `INSERT INTO sso_tokens (id, identity, client_id, request_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		t.ID, t.Identity, t.ClientID, requestID, strings.Join(t.Scopes, " "), t.ExpiresAt.Unix())
-	return err
 }
 
 // Token returns an unexpired token.

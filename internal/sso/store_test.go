@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/spool/spooltest"
+	"github.com/mmgate/mmgate/internal/sqldb"
 )
 
 // storeSuite runs on SQLite and on a real PostgreSQL.
@@ -86,7 +87,8 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 		if n != 0 {
 			t.Errorf("%d tokens survive racing exchanges of one code, want 0 (revoked)", n)
 		}
-		if err := st.SaveToken(ctx, Token{ID: "tok", Identity: 42, ClientID: "c", ExpiresAt: time.Now().Add(time.Hour)}, r.ID); err != nil {
+		if _, err := st.exec(ctx, `INSERT INTO sso_tokens (id, identity, client_id, request_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			"tok", 42, "c", r.ID, "", time.Now().Add(time.Hour).Unix()); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.RequestByCode(ctx, "code-1", time.Minute); !errors.Is(err, ErrCodeReused) {
@@ -139,7 +141,7 @@ func storeSuite(t *testing.T, open func(t *testing.T) *Store) {
 
 func TestStoreSQLite(t *testing.T) {
 	storeSuite(t, func(t *testing.T) *Store {
-		st, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "sso.db"))
+		st, err := openSQLite(t)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,11 +153,23 @@ func TestStoreSQLite(t *testing.T) {
 func TestStorePostgres(t *testing.T) {
 	admin := spooltest.PostgresServer(t)
 	storeSuite(t, func(t *testing.T) *Store {
-		st, err := OpenPostgres(context.Background(), spooltest.NewDatabase(t, admin))
+		db, err := sqldb.OpenPostgres(spooltest.NewDatabase(t, admin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := NewStore(context.Background(), db)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = st.Close() })
 		return st
 	})
+}
+
+func openSQLite(t testing.TB) (*Store, error) {
+	db, err := sqldb.OpenSQLite(filepath.Join(t.TempDir(), "sso.db"))
+	if err != nil {
+		return nil, err
+	}
+	return NewStore(context.Background(), db)
 }
