@@ -225,6 +225,15 @@ func (s *Service) checkPost(ctx context.Context, a *Approval, postID string) err
 
 // checkReviewer asks Mattermost who clicked and decides whether they may.
 func (s *Service) checkReviewer(ctx context.Context, a *Approval, userID string) (*mattermost.User, error) {
+	u, err := s.user(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	return u, s.mayDecide(ctx, a, u)
+}
+
+// user asks Mattermost who userID is.
+func (s *Service) user(ctx context.Context, userID string) (*mattermost.User, error) {
 	if userID == "" {
 		return nil, refusal("no user")
 	}
@@ -235,19 +244,24 @@ func (s *Service) checkReviewer(ctx context.Context, a *Approval, userID string)
 		}
 		return nil, fmt.Errorf("mattermost did not confirm the user: %w", err)
 	}
+	return u, nil
+}
+
+// mayDecide says whether u may decide a now (nil) or why not.
+func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User) error {
 	req := strings.ToLower(strings.TrimPrefix(a.Request.Requester, "@"))
 	if u.ID == a.RequesterID || strings.EqualFold(u.Username, req) || (u.Email != "" && strings.EqualFold(u.Email, req)) {
-		return nil, refusal("you asked for this: someone else must decide")
+		return refusal("you asked for this: someone else must decide")
 	}
 	if a.State != Pending {
-		return nil, refusal("the request is already " + a.State)
+		return refusal("the request is already " + a.State)
 	}
 	if !s.o.Now().Before(a.ExpiresAt) {
-		return nil, refusal("the request has expired")
+		return refusal("the request has expired")
 	}
 	for _, id := range a.ReviewerIDs {
 		if id == u.ID {
-			return u, nil
+			return nil
 		}
 	}
 	if len(a.Request.Reviewers.Groups) > 0 && s.o.Directory != nil && u.Email != "" {
@@ -255,11 +269,11 @@ func (s *Service) checkReviewer(ctx context.Context, a *Approval, userID string)
 		if err == nil {
 			gs, err := s.o.Directory.Groups(ctx, p)
 			if err != nil {
-				return nil, fmt.Errorf("the directory did not answer: %w", err)
+				return fmt.Errorf("the directory did not answer: %w", err)
 			}
 			for _, g := range a.Request.Reviewers.Groups {
 				if _, ok := gs.Has(g); ok {
-					return u, nil
+					return nil
 				}
 			}
 		}
@@ -267,13 +281,13 @@ func (s *Service) checkReviewer(ctx context.Context, a *Approval, userID string)
 	if a.ChannelID != "" && len(a.Request.Reviewers.Users) == 0 && len(a.Request.Reviewers.Groups) == 0 {
 		ok, err := s.o.MM.IsChannelMember(ctx, a.ChannelID, u.ID)
 		if err != nil {
-			return nil, fmt.Errorf("mattermost did not confirm the channel membership: %w", err)
+			return fmt.Errorf("mattermost did not confirm the channel membership: %w", err)
 		}
 		if ok {
-			return u, nil
+			return nil
 		}
 	}
-	return nil, refusal("you are not a reviewer of this request")
+	return refusal("you are not a reviewer of this request")
 }
 
 // decide records a decision and, when it settles the request, updates the
@@ -574,13 +588,20 @@ func (s *Service) Pending(ctx context.Context, userID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if len(as) == 0 {
+		return "No approval request is waiting for you.", nil
+	}
+	u, err := s.user(ctx, userID)
+	if err != nil {
+		return "", err
+	}
 	var b strings.Builder
 	n := 0
 	for _, a := range as {
 		if a.decisionOf(userID) != nil {
 			continue
 		}
-		if _, err := s.checkReviewer(ctx, a, userID); err != nil {
+		if err := s.mayDecide(ctx, a, u); err != nil {
 			var r refusal
 			if errors.As(err, &r) {
 				continue
