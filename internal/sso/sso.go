@@ -463,6 +463,9 @@ func (b *Bridge) session(r *http.Request) (int64, time.Time, string) {
 	}
 	id, at, err := b.st.Session(r.Context(), c.Value)
 	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			b.log.Error("sso: reading a session (the person is asked to sign in again)", "err", err)
+		}
 		return 0, time.Time{}, ""
 	}
 	return id, at, c.Value
@@ -528,8 +531,11 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 	}
 	if b.o.Upstream != nil {
 		state := newID()
-		if err := b.st.SetUpstreamState(r.Context(), req.ID, state); err != nil {
+		if err := b.st.SetUpstreamState(r.Context(), req.ID, state); errors.Is(err, ErrNotFound) {
 			b.expired(w, r)
+			return
+		} else if err != nil {
+			b.unavailable(w, r, "recording the upstream state", err)
 			return
 		}
 		to, err := b.o.Upstream.AuthURL(r.Context(), state, req.forcesLogin())
@@ -546,11 +552,18 @@ func (b *Bridge) loginPage(w http.ResponseWriter, r *http.Request) {
 	b.form(w, r, http.StatusOK, req, req.LoginHint, "")
 }
 
-// form renders the password page with a fresh CSRF token.
+// form renders the password page. Its CSRF token is derived from the
+// request (an HMAC no other site can compute), not stored in a cookie that
+// each drawing of the form would replace: a second tab, or Back, keeps
+// working. The flow cookie already ties the request to this browser.
 func (b *Bridge) form(w http.ResponseWriter, r *http.Request, status int, req *AuthRequest, login, errMsg string) {
-	csrf := newID()
-	b.setCookie(w, csrfCookie, csrf, "/sso/", time.Hour)
-	b.page(w, r, status, pageData{Form: true, RequestID: req.ID, CSRF: csrf, Login: login, Error: errMsg})
+	b.page(w, r, status, pageData{Form: true, RequestID: req.ID, CSRF: b.formToken(req.ID), Login: login, Error: errMsg})
+}
+
+func (b *Bridge) formToken(id string) string {
+	m := hmac.New(sha256.New, b.flowKey)
+	m.Write([]byte("csrf\x00" + id))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
@@ -567,8 +580,7 @@ func (b *Bridge) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	if req == nil {
 		return
 	}
-	c, err := r.Cookie(csrfCookie)
-	if err != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
+	if !hmac.Equal([]byte(b.formToken(req.ID)), []byte(r.PostForm.Get("csrf"))) {
 		b.form(w, r, http.StatusForbidden, req, "", "This form expired or was not sent from this page. Enter your password again.")
 		return
 	}
@@ -640,6 +652,10 @@ func (b *Bridge) upstreamCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := b.st.RequestByUpstreamState(r.Context(), state)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		b.unavailable(w, r, "reading a sign-in request", err)
+		return
+	}
 	if err != nil || req.Done() {
 		b.expired(w, r)
 		return
