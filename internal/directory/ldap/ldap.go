@@ -542,9 +542,6 @@ func (d *Directory) walk(ctx context.Context, p directory.Person) (directory.Gro
 	}
 	depth := 1
 	for len(frontier) > 0 {
-		if depth >= d.cfg.MaxDepth {
-			return directory.Groups{}, fmt.Errorf("groups of %s nest deeper than directory.ldap.max_depth (%d levels): a deny group further up could not be seen; raise max_depth or flatten the groups", p.DN, d.cfg.MaxDepth)
-		}
 		var next []string
 		for _, k := range frontier {
 			parents, ok, _ := d.parents.get(k)
@@ -563,6 +560,13 @@ func (d *Directory) walk(ctx context.Context, p directory.Person) (directory.Gro
 				g.Parent[pk], g.Names[pk] = k, dn
 				next = append(next, pk)
 			}
+		}
+		if len(next) > 0 && depth >= d.cfg.MaxDepth {
+			// Final for this message: retrying cannot help until the
+			// configuration or the groups change.
+			return directory.Groups{}, fault.New(fault.Permanent, "directory_depth", fmt.Sprintf(
+				"groups of %s nest deeper than directory.ldap.max_depth (%d levels): a deny group further up could not be seen; raise max_depth or flatten the groups",
+				p.DN, d.cfg.MaxDepth))
 		}
 		frontier = next
 		depth++

@@ -146,8 +146,16 @@ func TestWalkDepthIsBounded(t *testing.T) {
 	d := newDir(t, Config{URLs: []string{s.url()}, BindDN: adminDN, BindPassword: adminPW, MaxDepth: 2})
 	ctx := context.Background()
 	frank, _ := d.Lookup(ctx, "frank@corp.test")
-	if _, err := d.Groups(ctx, frank); err == nil || !strings.Contains(err.Error(), "max_depth") {
-		t.Errorf("three levels with max_depth 2: %v, want an error naming max_depth", err)
+	if _, err := d.Groups(ctx, frank); err == nil || !strings.Contains(err.Error(), "max_depth") || !fault.Is(err, fault.Permanent) {
+		t.Errorf("three levels with max_depth 2: %v, want a permanent error naming max_depth", err)
+	}
+	// Exactly three levels fit max_depth 3.
+	d3 := newDir(t, Config{URLs: []string{s.url()}, BindDN: adminDN, BindPassword: adminPW, MaxDepth: 3})
+	frank, _ = d3.Lookup(ctx, "frank@corp.test")
+	if g, err := d3.Groups(ctx, frank); err != nil {
+		t.Errorf("three levels with max_depth 3: %v", err)
+	} else if path, ok := g.Has("cn=jira-users,ou=groups," + base); !ok || len(path) != 4 {
+		t.Errorf("jira-users three levels up: %v %v", ok, path)
 	}
 }
 
