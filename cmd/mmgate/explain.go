@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/mail"
 	"os"
 	"strings"
 
@@ -28,7 +27,8 @@ allow and deny group decision with its path through nested groups, the
 Mattermost user, and the rendered posts. It reads the directory and looks
 users up in Mattermost; it posts nothing and creates no channel.
 
-Without --sender, the sender is the Return-Path header, else the From address.
+Without --sender the message is taken as one without an envelope (a polled
+mailbox, a postback): the sender is its Return-Path header, as delivery does.
 Without --rcpt, the recipients come from the headers as for a polled mailbox.
 Use - as FILE to read the message from stdin.`,
 		Args: cobra.ExactArgs(1),
@@ -57,8 +57,9 @@ Use - as FILE to read the message from stdin.`,
 				env.AuthIdentity = appName
 			}
 			if sender == "" {
-				env.Sender = headerSender(raw)
-				fmt.Fprintf(w, "Sender:      %s (from the message's headers; --sender overrides)\n", dash(env.Sender))
+				// As for a polled mailbox: the relay reads the Return-Path.
+				env.NoEnvelope = true
+				fmt.Fprintln(w, "Sender:      the Return-Path header, as for mail without an envelope (--sender overrides)")
 			} else {
 				fmt.Fprintf(w, "Sender:      %s\n", sender)
 			}
@@ -76,21 +77,6 @@ Use - as FILE to read the message from stdin.`,
 	c.Flags().StringArrayVar(&rcpts, "rcpt", nil, "envelope recipient (RCPT TO); repeat for several")
 	c.Flags().StringVar(&appName, "app", "", "as if sent with this app's SMTP login")
 	return c
-}
-
-// headerSender is the Return-Path address, else the first From address.
-func headerSender(raw []byte) string {
-	m, err := mail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return ""
-	}
-	if rp := strings.Trim(strings.TrimSpace(m.Header.Get("Return-Path")), "<>"); rp != "" {
-		return rp
-	}
-	if l, err := m.Header.AddressList("From"); err == nil && len(l) > 0 {
-		return l[0].Address
-	}
-	return ""
 }
 
 func printExplanation(w io.Writer, ex *relay.Explanation) {
