@@ -7,8 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,14 +45,21 @@ func PostgresServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	script, _ := filepath.Abs("../../test/peers/postgres.sh") // from internal/<pkg>
-	out, err := exec.Command("bash", script, dir, fmt.Sprint(port)).CombinedOutput()
+	_, self, _, _ := runtime.Caller(0) // internal/spool/spooltest/postgres.go
+	script := filepath.Join(filepath.Dir(self), "..", "..", "..", "test", "peers", "postgres.sh")
+	out, err := exec.Command("bash", script, dir, fmt.Sprint(port)).Output()
 	if err != nil {
 		t.Fatalf("starting PostgreSQL: %v\n%s", err, out)
 	}
+	// The script prints the postmaster's PID (whichever version it chose).
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 	t.Cleanup(func() {
-		bin := filepath.Dir(initdb[0])
-		_ = exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"), "-D", filepath.Join(dir, "data"), "-m", "immediate", "stop").Run()
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGQUIT) // immediate shutdown
+			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
 		_ = os.RemoveAll(dir)
 	})
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
