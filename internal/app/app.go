@@ -105,6 +105,7 @@ type Server struct {
 	approvals     *approval.Store
 	approvalSvc   *approval.Service
 	clients       map[string]*mattermost.Client
+	dir           relay.Directory
 	stopApprovals context.CancelFunc
 }
 
@@ -131,7 +132,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		s.closeSecrets()
 		return nil, err
 	}
-	rel, clients, err := buildRelay(cfg, spill, tokens, log.With("component", "relay"))
+	// One directory (its connection pool and caches) serves delivery, the
+	// sign-in bridge and approvals.
+	if s.dir, err = OpenDirectory(cfg); err != nil {
+		s.closeSecrets()
+		return nil, err
+	}
+	rel, clients, err := buildRelay(cfg, spill, tokens, s.dir, log.With("component", "relay"))
 	if err != nil {
 		s.closeSecrets()
 		return nil, err
@@ -328,6 +335,10 @@ func (s *Server) Stop(ctx context.Context) {
 			s.log.Warn("spool close", "err", err)
 		}
 	}
+	// After the spool: its workers use the directory until they stop.
+	if c, ok := s.dir.(interface{ Close() error }); ok && c != nil {
+		_ = c.Close()
+	}
 	s.log.Info("mmgate stopped")
 }
 
@@ -440,13 +451,17 @@ func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, log)
+	dir, err := OpenDirectory(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, dir, log)
 	return rel, err
 }
 
 // buildRelay makes the relay of cfg (without its spool) and each app's
 // Mattermost client. Nothing connects yet.
-func buildRelay(cfg config.Config, spill string, tokens map[string]string, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
+func buildRelay(cfg config.Config, spill string, tokens map[string]string, dir relay.Directory, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
 	router, err := route.New(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -460,10 +475,6 @@ func buildRelay(cfg config.Config, spill string, tokens map[string]string, log *
 		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
 			MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces(),
 			AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup}
-	}
-	dir, err := OpenDirectory(cfg)
-	if err != nil {
-		return nil, nil, err
 	}
 	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
 		DenyGroup: cfg.Directory.DenyGroup, Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes,

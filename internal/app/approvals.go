@@ -81,14 +81,8 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 	}
 	o := approval.Options{Store: st, MM: clients[cfg.Approvals.App], SigningKey: key, PublicURL: cfg.HTTP.PublicURL,
 		SiteURL: cfg.Mattermost.URL, Clients: cls, Logger: log}
-	if cfg.Directory.LDAP != nil {
-		d, err := OpenDirectory(cfg)
-		if err != nil {
-			return nil, err
-		}
-		if gd, ok := d.(approval.Directory); ok {
-			o.Directory = gd
-		}
+	if gd, ok := s.dir.(approval.Directory); ok && cfg.Directory.LDAP != nil {
+		o.Directory = gd
 	}
 	svc, err := approval.New(o)
 	if err != nil {

@@ -103,11 +103,7 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 	}
 	switch c.Upstream {
 	case "ldap":
-		d, err := OpenDirectory(cfg)
-		if err != nil {
-			return nil, err
-		}
-		ld, ok := d.(*ldapdir.Directory)
+		ld, ok := s.dir.(*ldapdir.Directory)
 		if !ok {
 			return nil, errors.New("sso.upstream ldap needs directory.ldap")
 		}
