@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/mattermost"
 )
 
@@ -266,7 +267,8 @@ func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User
 	}
 	if len(a.Request.Reviewers.Groups) > 0 && s.o.Directory != nil && u.Email != "" {
 		p, err := s.o.Directory.Lookup(ctx, u.Email)
-		if err == nil {
+		switch {
+		case err == nil:
 			gs, err := s.o.Directory.Groups(ctx, p)
 			if err != nil {
 				return fmt.Errorf("the directory did not answer: %w", err)
@@ -276,6 +278,9 @@ func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User
 					return nil
 				}
 			}
+		case !errors.Is(err, directory.ErrNotFound):
+			// Down is not "not a reviewer": the person may try again.
+			return fmt.Errorf("the directory did not answer: %w", err)
 		}
 	}
 	if a.ChannelID != "" && len(a.Request.Reviewers.Users) == 0 && len(a.Request.Reviewers.Groups) == 0 {

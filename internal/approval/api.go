@@ -84,8 +84,10 @@ func (s *Service) apiCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
+		// Mattermost's refusals keep their kind (and a message fit for the
+		// client); anything else is temporary.
 		s.o.Logger.Error("approvals: creating a request", "client", client, "err", err)
-		httpapi.WriteError(w, fault.Wrap(fault.Temporary, "mattermost_unavailable", "the request could not be posted: "+err.Error(), err))
+		httpapi.WriteError(w, err)
 		return
 	}
 	httpapi.WriteJSON(w, http.StatusCreated, a)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -262,6 +263,12 @@ func TestDialogStateIsNoButton(t *testing.T) {
 	b, _ = json.Marshal(map[string]any{"state": button, "user_id": "u-dave", "submission": map[string]string{"reason": "forged"}})
 	if _, out := post(s.HandleDialog, b); out["error"] == nil {
 		t.Errorf("a button token used as a dialog state: %v", out)
+	}
+	// bob's dialog state submitted as dave, a reviewer who has not answered:
+	// only the state's own person may send it.
+	b, _ = json.Marshal(map[string]any{"state": state, "user_id": "u-dave", "submission": map[string]string{"reason": "forged"}})
+	if _, out := post(s.HandleDialog, b); !strings.Contains(fmt.Sprint(out["error"]), "not valid") {
+		t.Errorf("bob's dialog state sent as dave: %v", out)
 	}
 	if got, _ := s.o.Store.Get(ctx, a.ID); got.State != Pending || len(got.Decisions) != 0 {
 		t.Errorf("forgeries decided: %+v", got)
