@@ -63,10 +63,16 @@ func approvalsCmd(g *globals) *cobra.Command {
 				hr.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
 				resp, err := http.DefaultClient.Do(hr)
 				if err != nil {
-					return err
+					return fmt.Errorf("mmgate at %s does not answer: %w", apiURL, err)
 				}
-				_ = json.NewDecoder(resp.Body).Decode(&a)
+				out, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("waiting for %s: HTTP %d: %s", a.ID, resp.StatusCode, strings.TrimSpace(string(out)))
+				}
+				if err := json.Unmarshal(out, &a); err != nil {
+					return fmt.Errorf("waiting for %s: %w", a.ID, err)
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", a.ID, a.State)
 			return nil

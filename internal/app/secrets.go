@@ -190,6 +190,13 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 			}
 			return st.PutNew(ctx, "install_link_used/"+id, "1")
 		},
+		Release: func(ctx context.Context, id string) error {
+			st, err := s.secretStore(ctx)
+			if err != nil {
+				return err
+			}
+			return st.Delete(ctx, "install_link_used/"+id)
+		},
 	}
 	if cfg.HTTP.AdminToken.IsSet() {
 		v, err := cfg.HTTP.AdminToken.Resolve()

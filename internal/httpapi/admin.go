@@ -32,6 +32,8 @@ type AdminOptions struct {
 	InstallKey []byte
 	// UseOnce records an install link's id; false when it was used before.
 	UseOnce func(ctx context.Context, id string) (bool, error)
+	// Release gives a link back when its setup failed (optional).
+	Release func(ctx context.Context, id string) error
 	// Used reports whether an install link was used (without using it).
 	Used func(ctx context.Context, id string) (bool, error)
 	// CheckAdmin says whether a token is a Mattermost system admin's; the
@@ -170,8 +172,11 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 			var report []string
 			_, _, err = o.Setup(r.Context(), admin, nil, func(l string) { report = append(report, l) })
 			if err != nil {
-				setupPage(w, http.StatusBadGateway, setupData{Report: report, Notice: "Setup failed: " + err.Error() +
-					". Fix the cause, then ask for a new install link."})
+				notice := "Setup failed: " + err.Error() + ". Fix the cause, then ask for a new install link."
+				if o.Release != nil && o.Release(context.WithoutCancel(r.Context()), id) == nil {
+					notice = "Setup failed: " + err.Error() + ". Fix the cause, then open this link again."
+				}
+				setupPage(w, http.StatusBadGateway, setupData{Report: report, Notice: notice})
 				return
 			}
 			setupPage(w, http.StatusOK, setupData{Report: report, Notice: "mmgate is installed in Mattermost."})

@@ -89,21 +89,3 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	_, err := s.db.Exec(ctx, `DELETE FROM mmgate_secrets WHERE name = ?`, name)
 	return err
 }
-
-// Names lists the stored names with prefix.
-func (s *Store) Names(ctx context.Context, prefix string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, s.db.Q(`SELECT name FROM mmgate_secrets WHERE name LIKE ? ORDER BY name`), prefix+"%")
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
-}

@@ -24,10 +24,6 @@ func suite(t *testing.T, st *Store) {
 			t.Errorf("get: %q %v, want %q", got, err, v)
 		}
 	}
-	_ = st.Put(ctx, "command_token/team1", "c")
-	if names, err := st.Names(ctx, "bot_token/"); err != nil || len(names) != 1 || names[0] != "bot_token/jira" {
-		t.Errorf("names: %v %v", names, err)
-	}
 	for i, want := range []bool{true, false} {
 		if fresh, err := st.PutNew(ctx, "install/1", "used"); err != nil || fresh != want {
 			t.Errorf("PutNew %d: %v %v, want %v", i, fresh, err, want)
