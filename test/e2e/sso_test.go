@@ -625,10 +625,9 @@ func TestSSOSignInThroughUpstreamOIDC(t *testing.T) {
 		t.Errorf("the second sign-in should use the provider's session without a form: forms %d, session sign-ins %d",
 			up.count("login-form"), up.count("session-login"))
 	}
-	for _, h := range b.hops {
-		if strings.Contains(h, g.httpAddr+"/sso/login") && strings.Contains(page, `name="password"`) {
-			t.Errorf("mmgate showed its password page in the OIDC flow: %v", b.hops)
-		}
+	// A page shown by mmgate would have ended the redirects there.
+	if strings.HasPrefix(resp.Request.URL.String(), "http://"+g.httpAddr+"/") {
+		t.Errorf("the silent sign-in stopped at mmgate's %s: %v", resp.Request.URL.Path, b.hops)
 	}
 
 	// 3. A tampered state on the way back from the provider is refused.

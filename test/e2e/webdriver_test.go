@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -20,7 +18,6 @@ import (
 type webDriver struct {
 	t       *testing.T
 	base    string // http://127.0.0.1:PORT/session/ID
-	cmd     *exec.Cmd
 	timeout time.Duration
 }
 
@@ -37,7 +34,7 @@ func startWebDriver(t *testing.T, width, height int) *webDriver {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	wd := &webDriver{t: t, cmd: cmd, timeout: 30 * time.Second}
+	wd := &webDriver{t: t, timeout: 30 * time.Second}
 	root := "http://" + addr
 	eventually(t, 30*time.Second, "chromedriver answers", func() (bool, string) {
 		resp, err := http.Get(root + "/status")
@@ -143,16 +140,4 @@ func (wd *webDriver) cookie(name string) string {
 		}
 	}
 	return ""
-}
-
-func (wd *webDriver) screenshot(path string) {
-	var out struct{ Value string }
-	wd.call(http.MethodGet, wd.base+"/screenshot", nil, &out)
-	b, err := base64.StdEncoding.DecodeString(out.Value)
-	if err != nil {
-		wd.t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		wd.t.Fatal(err)
-	}
 }

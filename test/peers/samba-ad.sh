@@ -19,6 +19,8 @@ samba-tool domain provision --realm=CORP.TEST --domain=CORP --server-role=dc --d
 sed -i 's/^\[global\]/[global]\n\tldap server require strong auth = no\n\tlog file = '"${D//\//\\/}"'\/samba.log/' "$D/etc/smb.conf"
 samba -i -M single -s "$D/etc/smb.conf" --option="server services = ldap" >"$D/samba.out" 2>&1 &
 PID=$!
+# Samba holds 127.0.0.1:389: never leave it running when seeding fails.
+trap 'kill $PID 2>/dev/null' ERR
 for _ in $(seq 1 100); do
 	if ldapsearch -x -H ldap://127.0.0.1 -b "" -s base supportedCapabilities >/dev/null 2>&1; then break; fi
 	sleep 0.2
@@ -72,4 +74,5 @@ for u in "svc-mmgate:Svc-Passw0rd!" "fjones:Frank-Passw0rd!" "gone:Gone-Passw0rd
 	samba-tool user enable "${u%%:*}" -s "$D/etc/smb.conf" >>"$D/seed.log" 2>&1
 done
 samba-tool user disable gone -s "$D/etc/smb.conf" >>"$D/seed.log" 2>&1
+trap - ERR
 echo "$PID"

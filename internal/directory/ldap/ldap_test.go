@@ -224,8 +224,8 @@ func TestOutageIsTemporaryAndFailoverWorks(t *testing.T) {
 			t.Errorf("%s with the directory down: %v, want a temporary error", addr, err)
 		}
 	}
-	if _, err := d.Groups(ctx, p); err == nil {
-		t.Error("groups with the directory down: want an error")
+	if _, err := d.Groups(ctx, p); err == nil || !fault.Is(err, fault.Temporary) {
+		t.Errorf("groups with the directory down: %v, want a temporary error", err)
 	}
 	s.start()
 	if _, err := d.Lookup(ctx, "alice@corp.test"); err != nil {

@@ -84,7 +84,7 @@ func TestSambaActiveDirectory(t *testing.T) {
 	}
 	// A disabled account: AD refuses its bind (invalid credentials), so it
 	// is a wrong password, never a sign-in.
-	if _, err := d.Authenticate(ctx, "gone", "Gone-Passw0rd!", AuthOptions{}); err == nil {
-		t.Error("a disabled account signed in")
+	if _, err := d.Authenticate(ctx, "gone", "Gone-Passw0rd!", AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
+		t.Errorf("a disabled account: %v, want ErrBadCredentials", err)
 	}
 }
