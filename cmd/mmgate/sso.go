@@ -112,11 +112,8 @@ func mattermostSSOConfig(cfg config.Config, siteURL, clientID, buttonText, butto
 		v := shellQuote(fmt.Sprint(x.val))
 		if x.key == "Secret" {
 			// Read it where it is kept rather than put it in shell history.
-			switch ref := string(cl.Secret); {
-			case strings.HasPrefix(ref, "file:"):
-				v = `"$(cat ` + shellQuote(strings.TrimPrefix(ref, "file:")) + `)"`
-			case strings.HasPrefix(ref, "env:"):
-				v = `"$` + strings.TrimPrefix(ref, "env:") + `"`
+			if expr, ok := cl.Secret.ShellExpr(); ok {
+				v = expr
 			}
 		}
 		fmt.Fprintf(&b, "mmctl config set GitLabSettings.%s %s\n", x.key, v)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -87,12 +86,8 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 	o := sso.Options{Issuer: c.Issuer, Organization: c.Organization, LogoURL: c.LogoURL, Store: st,
 		SessionTTL: c.SessionTTL, CodeTTL: c.CodeTTL, TokenTTL: c.TokenTTL, LoginAttempts: c.LoginAttempts,
 		Logger: log}
-	for i, p := range c.TrustedProxies {
-		pfx, err := parsePrefix(p)
-		if err != nil {
-			return nil, fmt.Errorf("sso.trusted_proxies[%d]: %w", i, err)
-		}
-		o.TrustedProxies = append(o.TrustedProxies, pfx)
+	if o.TrustedProxies, err = c.TrustedPrefixes(); err != nil {
+		return nil, err
 	}
 	for i, cl := range c.Clients {
 		secret, err := cl.Secret.Resolve()
@@ -140,16 +135,4 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 		}
 	}()
 	return b.Routes(), nil
-}
-
-// parsePrefix reads a CIDR or a single address.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
 }

@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"strings"
@@ -218,6 +219,23 @@ type SSOClient struct {
 	// RedirectURIs must match exactly
 	// (https://mattermost.corp.example/signup/gitlab/complete).
 	RedirectURIs []string `koanf:"redirect_uris"`
+}
+
+// TrustedPrefixes parses sso.trusted_proxies (addresses or CIDRs).
+func (s SSOConfig) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, p := range s.TrustedProxies {
+		if pfx, err := netip.ParsePrefix(p); err == nil {
+			out = append(out, pfx.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("sso.trusted_proxies[%d]: %q is not an address or CIDR (10.0.0.0/8)", i, p)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // LogConfig selects the log level and format.

@@ -54,3 +54,17 @@ func (s Secret) String() string {
 
 // MarshalText keeps secrets out of any dump of the configuration.
 func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// ShellExpr is a POSIX shell expression that yields the secret where it is
+// kept — "$(cat FILE)" or "$NAME" — so that a printed command does not hold
+// it; ok is false for an inline secret.
+func (s Secret) ShellExpr() (expr string, ok bool) {
+	v := string(s)
+	switch {
+	case strings.HasPrefix(v, "file:"):
+		return `"$(cat '` + strings.ReplaceAll(strings.TrimPrefix(v, "file:"), "'", `'\''`) + `')"`, true
+	case strings.HasPrefix(v, "env:"):
+		return `"$` + strings.TrimPrefix(v, "env:") + `"`, true
+	}
+	return "", false
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/mail"
-	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -593,12 +592,9 @@ func (c Config) validateSSO(add func(string, string, ...any)) {
 			}
 		}
 	}
-	for i, p := range s.TrustedProxies {
-		if _, err := netip.ParsePrefix(p); err != nil {
-			if _, err := netip.ParseAddr(p); err != nil {
-				add(fmt.Sprintf("sso.trusted_proxies[%d]", i), "%q is not an address or CIDR (10.0.0.0/8)", p)
-			}
-		}
+	if _, err := s.TrustedPrefixes(); err != nil {
+		key, msg, _ := strings.Cut(err.Error(), ": ")
+		add(key, "%s", msg)
 	}
 	if s.CodeTTL < 0 || s.CodeTTL > 10*time.Minute {
 		add("sso.code_ttl", "must be between 0 (default 1m) and 10m (RFC 6749 §4.1.2)")
