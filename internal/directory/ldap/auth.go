@@ -199,19 +199,8 @@ func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
 	if len(mailAttrs) == 0 {
 		mailAttrs = []string{"mail", "proxyAddresses"}
 	}
-	for _, m := range mailAttrs {
-		for _, v := range e.GetEqualFoldAttributeValues(m) {
-			if strings.EqualFold(m, "proxyAddresses") {
-				typ, rest, ok := strings.Cut(v, ":")
-				if !ok || typ != "SMTP" { // the primary address is the upper-case one
-					continue
-				}
-				v = rest
-			}
-			if v = strings.ToLower(strings.TrimSpace(v)); v != "" && a.Email == "" {
-				a.Email = v
-			}
-		}
+	if addrs := addresses(e, mailAttrs); len(addrs) > 0 {
+		a.Email = addrs[0]
 	}
 	if a.Email == "" {
 		return Account{}, &UnusableError{Reason: "the directory entry has no email address, which Mattermost needs"}

@@ -317,21 +317,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	e := entries[0]
 	p := directory.Person{DN: e.DN, Source: fmt.Sprintf("LDAP %s entry %s", server, e.DN)}
-	for _, a := range mailAttrs {
-		for _, v := range e.GetEqualFoldAttributeValues(a) {
-			if strings.EqualFold(a, "proxyAddresses") {
-				typ, rest, ok := strings.Cut(v, ":")
-				if !ok || !strings.EqualFold(typ, "smtp") {
-					continue // x500:, sip: …
-				}
-				v = rest
-			}
-			v = strings.ToLower(strings.TrimSpace(v))
-			if v != "" && !slices.Contains(p.Addresses, v) {
-				p.Addresses = append(p.Addresses, v)
-			}
-		}
-	}
+	p.Addresses = addresses(e, mailAttrs)
 	if len(p.Addresses) > 0 {
 		p.Email = p.Addresses[0]
 	} else {
@@ -346,6 +332,36 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	p.MemberOf = e.GetEqualFoldAttributeValues("memberOf")
 	return personResult{p: p}, nil
+}
+
+// addresses are an entry's email addresses, lower-cased, in the order of
+// attrs: proxyAddresses values count as "smtp:ADDRESS" (any case; the
+// upper-case SMTP: primary first), other types (x500:, sip:) not at all.
+func addresses(e *goldap.Entry, attrs []string) []string {
+	var out []string
+	add := func(v string) {
+		if v = strings.ToLower(strings.TrimSpace(v)); v != "" && !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	for _, a := range attrs {
+		vals := e.GetEqualFoldAttributeValues(a)
+		if !strings.EqualFold(a, "proxyAddresses") {
+			for _, v := range vals {
+				add(v)
+			}
+			continue
+		}
+		for _, primary := range []bool{true, false} {
+			for _, v := range vals {
+				typ, rest, ok := strings.Cut(v, ":")
+				if ok && strings.EqualFold(typ, "smtp") && (typ == "SMTP") == primary {
+					add(rest)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // searchPeople finds at most two people matching filter (two are enough
