@@ -301,3 +301,31 @@ func (c *Client) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// PatchPost replaces a post's message and props (PUT /posts/{id}/patch).
+func (c *Client) PatchPost(ctx context.Context, id, message string, props map[string]any) error {
+	return c.sendJSON(ctx, "patch post", http.MethodPut, "/posts/"+seg(id)+"/patch",
+		map[string]any{"message": message, "props": props}, nil)
+}
+
+// OpenDialog opens an interactive dialog for the person whose click gave
+// triggerID (POST /actions/dialogs/open).
+func (c *Client) OpenDialog(ctx context.Context, triggerID, url string, dialog map[string]any) error {
+	return c.sendJSON(ctx, "open dialog", http.MethodPost, "/actions/dialogs/open",
+		map[string]any{"trigger_id": triggerID, "url": url, "dialog": dialog}, nil)
+}
+
+// IsChannelMember reports whether userID is in the channel
+// (GET /channels/{id}/members/{user_id}).
+func (c *Client) IsChannelMember(ctx context.Context, channelID, userID string) (bool, error) {
+	err := c.getJSON(ctx, "channel member", "/channels/"+seg(channelID)+"/members/"+seg(userID), nil, 0, nil)
+	if IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// DeletePost deletes a post (DELETE /posts/{id}).
+func (c *Client) DeletePost(ctx context.Context, id string) error {
+	return c.do(ctx, request{op: "delete post", method: http.MethodDelete, path: "/posts/" + seg(id)})
+}

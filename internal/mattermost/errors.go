@@ -292,3 +292,15 @@ func faultOf(err error) error {
 	}
 	return fault.Wrap(fault.Temporary, "mattermost_unreachable", "Mattermost unreachable", err)
 }
+
+// IsNotFound reports a 404 from Mattermost.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
+}
+
+// IsUnauthorized reports a 401: a token Mattermost does not accept.
+func IsUnauthorized(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusUnauthorized
+}

@@ -465,8 +465,7 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 	for _, name := range app.Channels {
 		id, err := r.channelID(ctx, app, name)
 		if err != nil {
-			var ae *mattermost.APIError
-			if errors.As(err, &ae) && ae.Status == 404 {
+			if mattermost.IsNotFound(err) {
 				unresolved = append(unresolved, "channel "+name+" (not found, or the bot is not a member of its team)")
 				continue
 			}
@@ -569,8 +568,7 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 				if u, err = app.Client.UserByEmail(ctx, a); err == nil {
 					return u, nil
 				}
-				var ae *mattermost.APIError
-				if !errors.As(err, &ae) || ae.Status != 404 {
+				if !mattermost.IsNotFound(err) {
 					return nil, err
 				}
 			}
@@ -590,8 +588,7 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 	}
 	u, err := lookup()
 	if err != nil {
-		var ae *mattermost.APIError
-		if errors.As(err, &ae) && ae.Status == 404 {
+		if mattermost.IsNotFound(err) {
 			who := "email " + p.Email
 			if len(p.Addresses) > 1 {
 				who = "any of the emails " + strings.Join(p.Addresses, ", ")
@@ -602,6 +599,7 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 			res.why, res.skip, res.code = "no Mattermost user with "+who, skipUnresolved, "no_mattermost_user"
 			return res, nil
 		}
+		var ae *mattermost.APIError
 		if errors.As(err, &ae) && ae.Status == 403 && p.Username == "" {
 			res.why, res.skip, res.code = "Mattermost refused a lookup by email (403 "+ae.ID+"): give the username in the directory", skipUnresolved, "mattermost_refused"
 			return res, nil
