@@ -108,14 +108,8 @@ func approvalsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCREATED\tSTATE\tCLIENT\tREQUESTER\tAPPROVALS\tWHAT")
 			for _, a := range as {
-				n := 0
-				for _, d := range a.Decisions {
-					if d.Decision == "approve" {
-						n++
-					}
-				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", a.ID, a.CreatedAt.Local().Format(time.DateTime), a.State, a.Client,
-					a.Request.Requester, n, a.Request.Required, a.Request.What)
+					a.Request.Requester, a.Approvals(), a.Request.Required, cut(a.Request.What, 60))
 			}
 			return tw.Flush()
 		},

@@ -31,7 +31,7 @@ func (s *Service) render(a *Approval) (string, map[string]any) {
 	r := a.Request
 	fields := []map[string]any{
 		{"title": "Requested by", "value": r.Requester, "short": true},
-		{"title": "Approvals", "value": fmt.Sprintf("%d of %d", a.approvals(), r.Required), "short": true},
+		{"title": "Approvals", "value": fmt.Sprintf("%d of %d", a.Approvals(), r.Required), "short": true},
 	}
 	if r.Reason != "" {
 		fields = append(fields, map[string]any{"title": "Reason", "value": r.Reason, "short": false})
@@ -182,7 +182,7 @@ func (s *Service) click(ctx context.Context, in actionRequest) (actionResponse, 
 	msg, props := s.render(a)
 	resp := actionResponse{Update: &actionUpdate{Message: msg, Props: props}}
 	if a.State == Pending {
-		resp.EphemeralText = fmt.Sprintf("Approved by you: %d of %d approvals.", a.approvals(), a.Request.Required)
+		resp.EphemeralText = fmt.Sprintf("Approved by you: %d of %d approvals.", a.Approvals(), a.Request.Required)
 		// The other copies show the count too.
 		for _, p := range a.Posts {
 			if p.PostID != in.PostID {
@@ -314,7 +314,7 @@ func (s *Service) decide(ctx context.Context, id string, u *mattermost.User, dec
 		settled := false
 		if decision == "deny" {
 			a.State, settled = Denied, true
-		} else if a.approvals() >= a.Request.Required {
+		} else if a.Approvals() >= a.Request.Required {
 			a.State, settled = Approved, true
 		}
 		var cb int64
@@ -425,11 +425,13 @@ func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte("{}\n"))
 }
 
+// truncate cuts s to n characters (never inside one).
 func truncate(s string, n int) string {
-	if len(s) <= n {
+	r := []rune(s)
+	if len(r) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return string(r[:n]) + "…"
 }
 
 // ---------------------------------------------------------------- the loop
@@ -621,7 +623,7 @@ func (s *Service) Pending(ctx context.Context, userID string) (string, error) {
 		}
 		n++
 		fmt.Fprintf(&b, "- **%s** · asked by %s · %d of %d approvals · expires %s · [open](%s)\n", a.Request.What, a.Request.Requester,
-			a.approvals(), a.Request.Required, a.ExpiresAt.Format("2006-01-02 15:04 MST"), link)
+			a.Approvals(), a.Request.Required, a.ExpiresAt.Format("2006-01-02 15:04 MST"), link)
 	}
 	if n == 0 {
 		return "No approval request is waiting for you.", nil

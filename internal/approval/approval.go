@@ -105,7 +105,8 @@ type Approval struct {
 	callbackAt int64
 }
 
-func (a *Approval) approvals() int {
+// Approvals counts the approvals given so far.
+func (a *Approval) Approvals() int {
 	n := 0
 	for _, d := range a.Decisions {
 		if d.Decision == "approve" {
