@@ -170,18 +170,7 @@ apps:
     bot_token: inline-token
     allow_group: "cn=jira-users,dc=x"
 `)
-	c, err := Load(p, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps Problems
-	if !errors.As(c.Validate(), &ps) {
-		t.Fatal("want Problems")
-	}
-	got := map[string]bool{}
-	for _, p := range ps {
-		got[p.Path] = true
-	}
+	got, ps := problemPaths(t, p)
 	for _, want := range []string{"directory.ldap.urls[1]", "directory.ldap.base_dn", "directory.ldap.bind_password",
 		"directory.ldap.nested", "directory.ldap.timeout", "directory.deny_group"} {
 		if !got[want] {
@@ -241,18 +230,7 @@ sso:
       secret: x
       redirect_uris: ["https://chat.corp.example/signup/gitlab/complete"]
 `)
-	c, err := Load(p, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps Problems
-	if !errors.As(c.Validate(), &ps) {
-		t.Fatal("want Problems")
-	}
-	got := map[string]bool{}
-	for _, p := range ps {
-		got[p.Path] = true
-	}
+	got, ps := problemPaths(t, p)
 	for _, want := range []string{"sso.issuer", "sso.upstream", "sso.code_ttl", "sso.clients[0].secret",
 		"sso.clients[0].redirect_uris[0]", "sso.clients[0].redirect_uris[1]", "sso.clients[1].id"} {
 		if !got[want] {
@@ -278,4 +256,23 @@ sso:
 		!strings.Contains(err.Error(), "sso.oidc.client_secret") || strings.Contains(err.Error(), "sso.issuer") {
 		t.Errorf("oidc upstream without a client: %v", err)
 	}
+}
+
+// problemPaths loads and validates the file at path and returns the key
+// paths with problems (and the problems, for messages).
+func problemPaths(t *testing.T, path string) (map[string]bool, Problems) {
+	t.Helper()
+	c, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps Problems
+	if !errors.As(c.Validate(), &ps) {
+		t.Fatal("want Problems")
+	}
+	got := map[string]bool{}
+	for _, p := range ps {
+		got[p.Path] = true
+	}
+	return got, ps
 }
