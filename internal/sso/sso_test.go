@@ -192,21 +192,20 @@ func (e *env) exchange(code, clientSecret string, extra url.Values) (int, map[st
 	}
 	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/oauth/token", strings.NewReader(f.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out
+	return e.jsonCall(req)
 }
 
 func (e *env) gitlabUser(token string) (int, map[string]any) {
 	e.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/api/v4/user", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
+	return e.jsonCall(req)
+}
+
+// jsonCall sends req as Mattermost does (Accept: application/json) and
+// decodes the JSON answer.
+func (e *env) jsonCall(req *http.Request) (int, map[string]any) {
+	e.t.Helper()
 	req.Header.Set("Accept", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
