@@ -350,3 +350,39 @@ func TestCallbacks(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// A client authenticates with its key, or a short-lived HS256 JWT signed
+// with it; anything else is refused.
+func TestAPIAuthentication(t *testing.T) {
+	s, _ := newService(t)
+	now := time.Now()
+	sign := func(iss string, key string, exp time.Time, m jwt.SigningMethod) string {
+		tok, _ := jwt.NewWithClaims(m, jwt.RegisteredClaims{Issuer: iss, ExpiresAt: jwt.NewNumericDate(exp)}).SignedString([]byte(key))
+		return tok
+	}
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.RegisteredClaims{Issuer: "deploy",
+		ExpiresAt: jwt.NewNumericDate(now.Add(time.Minute))}).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	for name, c := range map[string]struct {
+		auth string
+		ok   bool
+	}{
+		"key":                 {"Bearer deploy-key-0123456789", true},
+		"jwt":                 {"Bearer " + sign("deploy", "deploy-key-0123456789", now.Add(time.Minute), jwt.SigningMethodHS256), true},
+		"wrong key":           {"Bearer deploy-key-0123456780", false},
+		"jwt, wrong key":      {"Bearer " + sign("deploy", "another-key-0123456789", now.Add(time.Minute), jwt.SigningMethodHS256), false},
+		"jwt, unknown iss":    {"Bearer " + sign("nobody", "deploy-key-0123456789", now.Add(time.Minute), jwt.SigningMethodHS256), false},
+		"jwt, expired":        {"Bearer " + sign("deploy", "deploy-key-0123456789", now.Add(-time.Minute), jwt.SigningMethodHS256), false},
+		"jwt, too long-lived": {"Bearer " + sign("deploy", "deploy-key-0123456789", now.Add(time.Hour), jwt.SigningMethodHS256), false},
+		"jwt, alg none":       {"Bearer " + none, false},
+		"none":                {"", false},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/api/v1/approvals", nil)
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		client, err := s.authenticate(r)
+		if (err == nil) != c.ok || (c.ok && client != "deploy") {
+			t.Errorf("%s: client %q, err %v", name, client, err)
+		}
+	}
+}

@@ -24,6 +24,11 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 	runs := 0
 	o := AdminOptions{AdminToken: "adm", InstallKey: key,
 		CheckAdmin: func(_ context.Context, tok string) (bool, error) { return tok == "mm-admin", nil },
+		Used: func(_ context.Context, id string) (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return used[id], nil
+		},
 		Setup: func(_ context.Context, tok string, _ []string, report func(string)) (int, int, error) {
 			mu.Lock()
 			runs++
@@ -120,6 +125,9 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 	}
 	if st, body := submit(page, "mm-admin"); st != 401 || !strings.Contains(body, "already used") {
 		t.Errorf("the same link again: %d\n%s", st, body)
+	}
+	if st, body := get(srv.URL + "/setup?token=" + tok); st != 401 || !strings.Contains(body, "already used") || strings.Contains(body, `type="password"`) {
+		t.Errorf("opening a used link: %d, want the page to say so without a form\n%s", st, body)
 	}
 	expired, _ := InstallToken(key, -time.Minute)
 	forged, _ := InstallToken([]byte("another key, another key, another"), time.Minute)

@@ -717,10 +717,42 @@ func (i *idp) AuthURL(_ context.Context, state string, force bool) (string, erro
 }
 
 func (i *idp) Exchange(_ context.Context, code, _ string) (Profile, error) {
-	if code != "good" {
-		return Profile{}, errors.New("bad code")
+	switch code {
+	case "good":
+		return i.p, nil
+	case "unusable":
+		return Profile{}, AccountError{Reason: "the sign-in service has not verified your email address"}
 	}
-	return i.p, nil
+	return Profile{}, errors.New("bad code")
+}
+
+// The upstream's answers that sign nobody in: a refusal, a code that does
+// not redeem, an account that cannot be used.
+func TestUpstreamCallbackFailures(t *testing.T) {
+	up := &idp{p: Profile{Subject: "oidc:https://idp.test#42", Username: "pat", Email: "pat@corp.test"}}
+	e := newEnv(t, func(o *Options) { o.Passwords, o.Upstream = nil, up })
+	for _, c := range []struct {
+		query  string
+		status int
+		want   string
+	}{
+		{"error=access_denied", http.StatusUnauthorized, "did not sign you in (access_denied)"},
+		{"code=bad", http.StatusBadGateway, "could not be verified"},
+		{"code=unusable", http.StatusForbidden, "has not verified your email address"},
+	} {
+		b := e.browser()
+		b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		resp, _ := get(t, b, e.authorizeURL(nil))
+		resp, _ = get(t, b, resp.Header.Get("Location"))
+		to, err := url.Parse(resp.Header.Get("Location"))
+		if err != nil || to.Host != "idp.test" {
+			t.Fatalf("not sent to the upstream: %d", resp.StatusCode)
+		}
+		resp, page := get(t, b, e.srv.URL+"/sso/upstream/callback?state="+url.QueryEscape(to.Query().Get("state"))+"&"+c.query)
+		if resp.StatusCode != c.status || !strings.Contains(page, c.want) || strings.Contains(resp.Header.Get("Location"), "code=") {
+			t.Errorf("%s: %d %q\n%s", c.query, resp.StatusCode, resp.Header.Get("Location"), page)
+		}
+	}
 }
 
 func TestUpstreamCallbackIsBoundToTheBrowser(t *testing.T) {
