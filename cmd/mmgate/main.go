@@ -64,7 +64,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", os.Getenv("MMGATE_CONFIG"),
 		"configuration file (YAML); MMGATE_* environment variables override it")
-	root.AddCommand(serveCmd(g), configCmd(g), versionCmd(), queueCmd(g), quarantineCmd(g), deliverCmd(g), explainCmd(g), ssoCmd(g), mattermostCmd(g), approvalsCmd(g))
+	root.AddCommand(serveCmd(g), configCmd(g), versionCmd(), queueCmd(g), quarantineCmd(g), deliverCmd(g), explainCmd(g), ssoCmd(g), mattermostCmd(g), approvalsCmd(g), accountsCmd(g))
 	return root
 }
 

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mmgate/mmgate/internal/account"
 	"github.com/mmgate/mmgate/internal/approval"
 	"github.com/mmgate/mmgate/internal/config"
 	ldapdir "github.com/mmgate/mmgate/internal/directory/ldap"
@@ -105,6 +106,9 @@ type Server struct {
 	approvals     *approval.Store
 	approvalSvc   *approval.Service
 	clients       map[string]*mattermost.Client
+	accounts      *account.Store
+	accountSvc    *account.Service
+	bridge        *sso.Bridge
 	dir           relay.Directory
 	stopApprovals context.CancelFunc
 }
@@ -138,9 +142,14 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		s.closeSecrets()
 		return nil, err
 	}
-	rel, clients, err := buildRelay(cfg, spill, tokens, s.dir, log.With("component", "relay"))
+	if s.accounts, err = OpenAccounts(ctx, cfg); err != nil {
+		s.closeSecrets()
+		return nil, err
+	}
+	rel, clients, err := buildRelay(cfg, spill, tokens, s.dir, s.accounts, log.With("component", "relay"))
 	if err != nil {
 		s.closeSecrets()
+		_ = s.accounts.Close()
 		return nil, err
 	}
 	s.clients = clients
@@ -228,6 +237,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		return fail(fmt.Errorf("approvals: %w", err))
 	}
 	for k, v := range apRoutes {
+		routes[k] = v
+	}
+	accRoutes, err := s.startAccounts(ctx, cfg, rel, clients, log.With("component", "accounts"))
+	if err != nil {
+		return fail(fmt.Errorf("accounts: %w", err))
+	}
+	for k, v := range accRoutes {
 		routes[k] = v
 	}
 	cmdHandler, err := s.commandHandler(cfg, sp, clients, log.With("component", "command"))
@@ -335,7 +351,11 @@ func (s *Server) Stop(ctx context.Context) {
 			s.log.Warn("spool close", "err", err)
 		}
 	}
-	// After the spool: its workers use the directory until they stop.
+	// After the spool: its workers use the directory and the accounts until
+	// they stop.
+	if s.accounts != nil {
+		_ = s.accounts.Close()
+	}
 	if c, ok := s.dir.(interface{ Close() error }); ok && c != nil {
 		_ = c.Close()
 	}
@@ -455,13 +475,18 @@ func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, dir, log)
+	acc, err := OpenAccounts(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, dir, acc, log)
 	return rel, err
 }
 
 // buildRelay makes the relay of cfg (without its spool) and each app's
 // Mattermost client. Nothing connects yet.
-func buildRelay(cfg config.Config, spill string, tokens map[string]string, dir relay.Directory, log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
+func buildRelay(cfg config.Config, spill string, tokens map[string]string, dir relay.Directory, acc relay.Accounts,
+	log *slog.Logger) (*relay.Relay, map[string]*mattermost.Client, error) {
 	router, err := route.New(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -474,9 +499,9 @@ func buildRelay(cfg config.Config, spill string, tokens map[string]string, dir r
 		clients[name] = cl
 		apps[name] = &relay.App{Name: name, DisplayName: a.DisplayName, Client: cl, DirectMessages: a.DMs(), Channels: a.Channels,
 			MaxAttachmentBytes: a.MaxAttachmentBytes, PostAutoReplies: a.PostsAutoReplies(), PostBounces: a.PostsBounces(),
-			AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup}
+			AllowGroup: a.AllowGroup, DenyGroup: a.DenyGroup, Subscribable: a.AllowSubscribe}
 	}
-	rel := relay.New(relay.Options{Router: router, Directory: dir, MattermostLookup: cfg.Directory.MattermostLookup,
+	rel := relay.New(relay.Options{Router: router, Directory: dir, Accounts: acc, MattermostLookup: cfg.Directory.MattermostLookup,
 		DenyGroup: cfg.Directory.DenyGroup, Apps: apps, SiteURL: cfg.Mattermost.URL, MaxPostRunes: cfg.Mattermost.MaxPostRunes,
 		SpillDir: spill, Domains: cfg.SMTP.Domains, Logger: log})
 	return rel, clients, nil

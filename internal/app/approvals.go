@@ -2,8 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -43,20 +41,9 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 		}
 		key = []byte(v)
 	} else {
-		sec, err := s.secretStore(ctx)
-		if err != nil {
+		var err error
+		if key, err = s.sharedKey(ctx, "approvals_signing_key"); err != nil {
 			return nil, err
-		}
-		v, err := sec.GetOrCreate(ctx, "approvals_signing_key", func() (string, error) {
-			b := make([]byte, 32)
-			_, err := rand.Read(b)
-			return base64.StdEncoding.EncodeToString(b), err
-		})
-		if err != nil {
-			return nil, err
-		}
-		if key, err = base64.StdEncoding.DecodeString(v); err != nil {
-			return nil, fmt.Errorf("the stored approvals signing key: %w", err)
 		}
 	}
 	var cls []approval.Client

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/mmgate/mmgate/internal/command"
@@ -97,18 +96,15 @@ func newClient(cfg config.Config, url, token string) *mattermost.Client {
 // commandHandler builds the /mmgate slash command's handler.
 func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[string]*mattermost.Client,
 	log *slog.Logger) (http.Handler, error) {
-	names := make([]string, 0, len(clients))
-	for n := range clients {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	users := anyClient(clients)
 	var pending func(ctx context.Context, userID string) (string, error)
 	if s.approvalSvc != nil {
 		pending = s.approvalSvc.Pending
 	}
 	return command.Handler(command.Options{
-		Logger:  log,
-		Pending: pending,
+		Logger:   log,
+		Pending:  pending,
+		Accounts: s.accountSvc,
 		Token: func(ctx context.Context, teamID string) (string, error) {
 			if teamID == "" {
 				return "", nil
@@ -135,10 +131,7 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 			return out, nil
 		},
 		IsAdmin: func(ctx context.Context, userID string) (bool, error) {
-			if len(names) == 0 {
-				return false, errors.New("no app bot to ask Mattermost with")
-			}
-			u, err := clients[names[0]].User(ctx, userID)
+			u, err := users.User(ctx, userID)
 			if err != nil {
 				return false, err
 			}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mmgate/mmgate/internal/account"
 	"github.com/mmgate/mmgate/internal/config"
 	ldapdir "github.com/mmgate/mmgate/internal/directory/ldap"
 	"github.com/mmgate/mmgate/internal/sso"
@@ -114,10 +115,20 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 			Claims:               sso.ClaimNames{Username: c.OIDC.UsernameClaim, Email: c.OIDC.EmailClaim, Name: c.OIDC.NameClaim},
 			AllowUnverifiedEmail: c.OIDC.AllowUnverifiedEmail})
 	}
+	// The /mmgate link page signs people in as a client of its own; its
+	// secret is never used (the page redeems its codes in-process).
+	for _, cl := range o.Clients {
+		if cl.ID == account.ClientID {
+			return nil, fmt.Errorf("sso.clients: the client id %s is mmgate's own (the /mmgate link page); choose another", cl.ID)
+		}
+	}
+	o.Clients = append(o.Clients, sso.ClientConfig{ID: account.ClientID, Secret: randomSecret(),
+		RedirectURIs: []string{c.Issuer + account.CallbackPath}})
 	b, err := sso.New(ctx, o)
 	if err != nil {
 		return nil, err
 	}
+	s.bridge = b
 	pctx, cancel := context.WithCancel(context.Background())
 	s.stopSSO = cancel
 	go func() {

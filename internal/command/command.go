@@ -31,7 +31,18 @@ type Options struct {
 	// Pending lists (Markdown) the approvals waiting for the user; nil when
 	// approvals are off.
 	Pending func(ctx context.Context, userID string) (string, error)
-	Logger  *slog.Logger
+	// Accounts answers link, unlink, subscribe and unsubscribe.
+	Accounts Accounts
+	Logger   *slog.Logger
+}
+
+// Accounts is what people set for their own account (account.Service).
+// Each answer is the Markdown to show.
+type Accounts interface {
+	Link(ctx context.Context, userID string) string
+	Unlink(ctx context.Context, userID string) string
+	Subscribe(ctx context.Context, userID, app string) string
+	Unsubscribe(ctx context.Context, userID, app string) string
 }
 
 // Response is Mattermost's slash command response.
@@ -45,8 +56,8 @@ const help = "#### /mmgate\n" +
 	"| `/mmgate help` | this list |\n" +
 	"| `/mmgate status` | messages waiting, retrying and quarantined (system admins) |\n" +
 	"| `/mmgate approvals` | approval requests waiting for you |\n" +
-	"| `/mmgate link` / `unlink` | connect your Mattermost account to your directory identity |\n" +
-	"| `/mmgate subscribe APP` / `unsubscribe APP` | receive an app's notifications, where the app allows it |\n"
+	"| `/mmgate link` / `unlink` | send mail addressed to you in the directory to this account, when its email differs |\n" +
+	"| `/mmgate subscribe [APP]` / `unsubscribe APP` | receive every message of an app that allows it (no APP: list them) |\n"
 
 // Handler serves POST /mattermost/command.
 func Handler(o Options) http.Handler {
@@ -112,7 +123,26 @@ func Handler(o Options) http.Handler {
 			}
 			reply(w, http.StatusOK, text)
 		case "link", "unlink", "subscribe", "unsubscribe":
-			reply(w, http.StatusOK, fmt.Sprintf("`/mmgate %s` is not available in this version of mmgate yet.", sub))
+			if o.Accounts == nil {
+				reply(w, http.StatusOK, fmt.Sprintf("`/mmgate %s` is not set up in this mmgate.", sub))
+				return
+			}
+			user, arg := f.Get("user_id"), ""
+			if len(words) > 1 {
+				arg = words[1]
+			}
+			var text string
+			switch sub {
+			case "link":
+				text = o.Accounts.Link(ctx, user)
+			case "unlink":
+				text = o.Accounts.Unlink(ctx, user)
+			case "subscribe":
+				text = o.Accounts.Subscribe(ctx, user, arg)
+			default:
+				text = o.Accounts.Unsubscribe(ctx, user, arg)
+			}
+			reply(w, http.StatusOK, text)
 		default:
 			reply(w, http.StatusOK, fmt.Sprintf("mmgate does not know `%s`.\n\n%s", sub, help))
 		}

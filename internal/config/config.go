@@ -437,6 +437,11 @@ type App struct {
 	// Nested groups count.
 	AllowGroup string `koanf:"allow_group"`
 	DenyGroup  string `koanf:"deny_group"`
+	// AllowSubscribe lets people subscribe to the app (/mmgate subscribe):
+	// every message of the app then also goes to each subscriber the app's
+	// groups allow, as a direct message. Only for apps whose mail is not
+	// personal (monitoring, backups, cron).
+	AllowSubscribe bool `koanf:"allow_subscribe"`
 }
 
 // PostsAutoReplies reports whether the app posts automatic replies.

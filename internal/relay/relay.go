@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mmgate/mmgate/internal/account"
 	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/mailparse"
@@ -48,6 +49,7 @@ type Spool interface {
 // Mattermost is what the relay needs from one bot's REST client.
 type Mattermost interface {
 	Me(ctx context.Context) (*mattermost.User, error)
+	User(ctx context.Context, id string) (*mattermost.User, error)
 	UserByEmail(ctx context.Context, email string) (*mattermost.User, error)
 	UserByUsername(ctx context.Context, username string) (*mattermost.User, error)
 	DirectChannel(ctx context.Context, userA, userB string) (*mattermost.Channel, error)
@@ -70,6 +72,12 @@ type GroupDirectory interface {
 	Groups(ctx context.Context, p directory.Person) (directory.Groups, error)
 }
 
+// Accounts are the links and subscriptions people made with /mmgate.
+type Accounts interface {
+	LinkedUser(ctx context.Context, email string) (account.Link, bool, error)
+	Subscribers(ctx context.Context, app string) ([]account.Subscriber, error)
+}
+
 // App is one source app as the relay sees it.
 type App struct {
 	Name               string
@@ -84,6 +92,9 @@ type App struct {
 	// app's messages; nobody in DenyGroup does (deny wins).
 	AllowGroup string
 	DenyGroup  string
+	// Subscribable apps also send each message to their subscribers
+	// (/mmgate subscribe), as direct messages.
+	Subscribable bool
 }
 
 // Options configures a Relay.
@@ -91,6 +102,9 @@ type Options struct {
 	Spool     Spool
 	Router    *route.Router
 	Directory Directory // may be nil when only MattermostLookup is used
+	// Accounts, when set, send a directory identity's mail to the account
+	// its owner linked, and subscribable apps' mail to their subscribers.
+	Accounts Accounts
 	// MattermostLookup resolves addresses missing from Directory by email in Mattermost.
 	MattermostLookup bool
 	// DenyGroup (a group DN): its members receive no app's messages.
@@ -477,6 +491,12 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 			dests = append(dests, destination{key: key, channelID: id, label: "~" + name})
 		}
 	}
+	if app.Subscribable && r.o.Accounts != nil {
+		var err error
+		if dests, err = r.subscribers(ctx, app, dests, seen, note, dry); err != nil {
+			return nil, nil, err
+		}
+	}
 	if len(dests) == 0 && len(unresolved) == 0 && len(skipped) > 0 {
 		// Policy left nobody: that is the reason to give.
 		unresolved = skipped
@@ -578,15 +598,28 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 			how = "Mattermost user with this email"
 		}
 	}
-	res.why = how
-	r.mu.Lock()
-	c, ok := r.users[key]
-	r.mu.Unlock()
-	if ok && time.Since(c.at) < cacheTTL {
-		res.user = &c
-		return res, nil
+	linked := ""
+	if r.o.Accounts != nil {
+		// The person linked this identity to an account (/mmgate link):
+		// that account, whatever its email or username.
+		for _, a := range append([]string{p.Email}, p.Addresses...) {
+			l, ok, err := r.o.Accounts.LinkedUser(ctx, a)
+			if err != nil {
+				return res, err
+			}
+			if ok {
+				if !strings.HasPrefix(how, "directory: ") {
+					how = ""
+				}
+				linked, key = l.Username, app.Name+"\x00id:"+l.UserID
+				lookup = func() (*mattermost.User, error) { return app.Client.User(ctx, l.UserID) }
+				how = strings.TrimPrefix(how+"; ", "; ") + "linked by its owner to @" + l.Username + " (/mmgate link, " + l.Email + ")"
+				break
+			}
+		}
 	}
-	u, err := lookup()
+	res.why = how
+	c, deactivated, err := r.user(key, lookup)
 	if err != nil {
 		if mattermost.IsNotFound(err) {
 			who := "email " + p.Email
@@ -595,6 +628,9 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 			}
 			if p.Username != "" {
 				who = "username " + p.Username
+			}
+			if linked != "" {
+				who = "the id of @" + linked + ", which this address is linked to (/mmgate unlink, or `mmgate accounts unlink`, removes the link)"
 			}
 			res.why, res.skip, res.code = "no Mattermost user with "+who, skipUnresolved, "no_mattermost_user"
 			return res, nil
@@ -606,16 +642,119 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 		}
 		return res, err
 	}
-	if u.DeleteAt != 0 {
-		res.why, res.skip, res.code = "Mattermost user @"+u.Username+" is deactivated", skipUnresolved, "deactivated"
+	if deactivated {
+		res.why, res.skip, res.code = "Mattermost user @"+c.name+" is deactivated", skipUnresolved, "deactivated"
 		return res, nil
 	}
+	res.user = &c
+	return res, nil
+}
+
+// user returns the user cached under key, else the one lookup finds. A
+// deactivated user is reported, not cached.
+func (r *Relay) user(key string, lookup func() (*mattermost.User, error)) (c cached, deactivated bool, err error) {
+	r.mu.Lock()
+	c, ok := r.users[key]
+	r.mu.Unlock()
+	if ok && time.Since(c.at) < cacheTTL {
+		return c, false, nil
+	}
+	u, err := lookup()
+	if err != nil {
+		return cached{}, false, err
+	}
 	c = cached{id: u.ID, name: u.Username, at: time.Now()}
+	if u.DeleteAt != 0 {
+		return c, true, nil
+	}
 	r.mu.Lock()
 	r.users[key] = c
 	r.mu.Unlock()
-	res.user = &c
-	return res, nil
+	return c, false, nil
+}
+
+// subscribers adds the app's subscribers to dests: each one the app's
+// groups still allow (checked against the directory address they
+// subscribed with), as a direct message, once per person.
+func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, seen map[string]bool,
+	note func(string, string, ...any), dry bool) ([]destination, error) {
+	subs, err := r.o.Accounts.Subscribers(ctx, app.Name)
+	if err != nil || len(subs) == 0 {
+		return dests, err
+	}
+	botID, err := r.botID(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range subs {
+		var lines []string
+		why, ok, err := r.mayReceive(ctx, app, sub.Email, &lines)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			note("recipient", "subscriber @%s: skipped, %s", sub.Username, why)
+			continue
+		}
+		c, deactivated, err := r.user(app.Name+"\x00id:"+sub.UserID, func() (*mattermost.User, error) {
+			return app.Client.User(ctx, sub.UserID)
+		})
+		switch {
+		case mattermost.IsNotFound(err):
+			note("recipient", "subscriber @%s: skipped, the Mattermost account no longer exists", sub.Username)
+			continue
+		case err != nil:
+			return nil, err
+		case deactivated:
+			note("recipient", "subscriber @%s: skipped, deactivated in Mattermost", c.name)
+			continue
+		}
+		key := "dm:" + c.name
+		if seen[key] {
+			note("recipient", "subscriber @%s already receives this message", c.name)
+			continue
+		}
+		seen[key] = true
+		chID := "(direct channel, not created by explain)"
+		if !dry {
+			if chID, err = r.directChannel(ctx, app, botID, c.id); err != nil {
+				return nil, err
+			}
+		}
+		note("recipient", "subscriber @%s (/mmgate subscribe %s)", c.name, app.Name)
+		dests = append(dests, destination{key: key, channelID: chID, label: "@" + c.name})
+	}
+	return dests, nil
+}
+
+// mayReceive applies the global deny group and the app's groups to the
+// person with address email (looked up in the directory only when a group
+// is set).
+func (r *Relay) mayReceive(ctx context.Context, app *App, email string, lines *[]string) (why string, ok bool, err error) {
+	if r.o.DenyGroup == "" && app.DenyGroup == "" && app.AllowGroup == "" {
+		return "", true, nil
+	}
+	var p directory.Person
+	if r.o.Directory != nil {
+		p, err = r.o.Directory.Lookup(ctx, email)
+		if err != nil && !errors.Is(err, directory.ErrNotFound) && !errors.Is(err, directory.ErrAmbiguous) {
+			return "", false, fmt.Errorf("directory lookup of %s: %w", email, err)
+		}
+	}
+	why, _, ok, err = r.policy(ctx, app, p, lines)
+	return why, ok, err
+}
+
+// MayReceive reports whether the person with address email may receive
+// app's messages, and why not (for /mmgate subscribe).
+func (r *Relay) MayReceive(ctx context.Context, appName, email string) (bool, string, error) {
+	app := r.o.Apps[appName]
+	if app == nil {
+		return false, "mmgate has no app " + appName, nil
+	}
+	var lines []string
+	why, ok, err := r.mayReceive(ctx, app, email, &lines)
+	return ok, why, err
 }
 
 // policy applies the global deny group and the app's deny and allow groups

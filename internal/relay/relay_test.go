@@ -111,6 +111,14 @@ func newFakeMM() *fakeMM {
 func (f *fakeMM) Me(context.Context) (*mattermost.User, error) {
 	return &mattermost.User{ID: "uid-bot", Username: "jira", IsBot: true}, nil
 }
+func (f *fakeMM) User(_ context.Context, id string) (*mattermost.User, error) {
+	for u, uid := range f.users {
+		if uid == id {
+			return &mattermost.User{ID: id, Username: u}, nil
+		}
+	}
+	return nil, &mattermost.APIError{Op: "get user", Status: 404, ID: "app.user.missing_account.const"}
+}
 func (f *fakeMM) UserByEmail(_ context.Context, e string) (*mattermost.User, error) {
 	return nil, &mattermost.APIError{Op: "get user by email", Status: 404, ID: "app.user.missing_account.const"}
 }

@@ -913,3 +913,26 @@ func (l *limiter) get(now time.Time, key string, n int) *bucket {
 	l.buckets[k] = b
 	return b
 }
+
+// ------------------------------------------------------------ mmgate's own pages
+
+// Redeem exchanges a code given to one of mmgate's own pages for the person
+// who signed in. The page is a client registered in Options.Clients whose
+// secret nobody else knows, so it needs no token: the code is checked
+// against that client and its redirect URI and used up exactly as the token
+// endpoint would (a second redemption fails and revokes nothing but itself).
+func (b *Bridge) Redeem(ctx context.Context, clientID, redirectURI, code string) (Identity, error) {
+	req, err := b.st.RequestByCode(ctx, code, b.o.CodeTTL)
+	if err != nil {
+		return Identity{}, err
+	}
+	if req.ClientID != clientID || req.RedirectURI != redirectURI || req.Identity == 0 {
+		return Identity{}, ErrNotFound
+	}
+	// The token row only marks the code used; it expires at once.
+	if err := b.st.IssueToken(ctx, req.ID, Token{ID: newID(), Identity: req.Identity, ClientID: clientID,
+		Scopes: req.Scopes, ExpiresAt: time.Now()}); err != nil {
+		return Identity{}, err
+	}
+	return b.st.IdentityByID(ctx, req.Identity)
+}

@@ -247,31 +247,8 @@ func TestLDAPPersonFoundInMattermostByEmail(t *testing.T) {
 	s := setup(t)
 	l := startLDAP(t, s)
 	l.seed()
-	var me struct {
-		Email string `json:"email"`
-	}
-	if _, err := s.alice.do("GET", "/users/me", nil, &me); err != nil || me.Email == "" {
-		t.Fatalf("alice's Mattermost email: %v", err)
-	}
-	c := l.admin()
-	mod := goldap.NewModifyRequest("uid=alice,ou=people,"+ldapBase, nil)
-	mod.Add("mail", []string{me.Email})
-	if err := c.Modify(mod); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	// The bot may look people up by email only when Mattermost shows emails.
-	var cfg map[string]map[string]any
-	if _, err := s.admin.do("GET", "/config", nil, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	was := cfg["PrivacySettings"]["ShowEmailAddress"]
-	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": true}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": was}}, nil)
-	})
+	aliceEmail := addAliceMattermostEmail(t, s, l)
+	showEmails(t, s)
 	pwFile := filepath.Join(l.dir, "bind.pw")
 	if err := os.WriteFile(pwFile, []byte("secret\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -293,7 +270,44 @@ func TestLDAPPersonFoundInMattermostByEmail(t *testing.T) {
 		id = r.ID
 		return ok && strings.Contains(r.Line, "posted"), r.Line
 	})
-	if show := g.mustCLI("queue", "show", id); !strings.Contains(show, "→ @alice") || !strings.Contains(show, me.Email) {
+	if show := g.mustCLI("queue", "show", id); !strings.Contains(show, "→ @alice") || !strings.Contains(show, aliceEmail) {
 		t.Errorf("queue show should name alice's entry with both addresses and the Mattermost user:\n%s", show)
 	}
+}
+
+// showEmails turns on Mattermost's PrivacySettings.ShowEmailAddress for the
+// test: the bot may look people up by email only when Mattermost shows emails.
+func showEmails(t *testing.T, s *suite) {
+	t.Helper()
+	var cfg map[string]map[string]any
+	if _, err := s.admin.do("GET", "/config", nil, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	was := cfg["PrivacySettings"]["ShowEmailAddress"]
+	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = s.admin.do("PUT", "/config/patch", map[string]any{"PrivacySettings": map[string]any{"ShowEmailAddress": was}}, nil)
+	})
+}
+
+// addAliceMattermostEmail adds alice's Mattermost email to her directory
+// entry, as a second address, and returns it.
+func addAliceMattermostEmail(t *testing.T, s *suite, l *ldapPeer) string {
+	t.Helper()
+	var me struct {
+		Email string `json:"email"`
+	}
+	if _, err := s.alice.do("GET", "/users/me", nil, &me); err != nil || me.Email == "" {
+		t.Fatalf("alice's Mattermost email: %v", err)
+	}
+	c := l.admin()
+	defer c.Close()
+	mod := goldap.NewModifyRequest("uid=alice,ou=people,"+ldapBase, nil)
+	mod.Add("mail", []string{me.Email})
+	if err := c.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	return me.Email
 }

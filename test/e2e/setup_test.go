@@ -79,17 +79,7 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	}
 
 	// /mmgate through Mattermost.
-	exec := func(c *mmClient, text string) string {
-		t.Helper()
-		var resp struct {
-			Text string `json:"text"`
-		}
-		if _, err := c.do("POST", "/commands/execute", map[string]string{"channel_id": townSquare(t, s), "team_id": s.teamID,
-			"command": "/mmgate " + text}, &resp); err != nil {
-			t.Fatalf("/mmgate %s: %v", text, err)
-		}
-		return resp.Text
-	}
+	exec := func(c *mmClient, text string) string { t.Helper(); return slash(t, s, c, text) }
 	if got := exec(s.alice, "help"); !strings.Contains(got, "/mmgate approvals") {
 		t.Errorf("/mmgate help: %q", got)
 	}
@@ -127,6 +117,20 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("forged /mmgate call: %d, want 401", resp.StatusCode)
 	}
+}
+
+// slash runs `/mmgate text` as c through Mattermost's POST /commands/execute
+// (Mattermost calls mmgate) and returns the answer's text.
+func slash(t *testing.T, s *suite, c *mmClient, text string) string {
+	t.Helper()
+	var resp struct {
+		Text string `json:"text"`
+	}
+	if _, err := c.do("POST", "/commands/execute", map[string]string{"channel_id": townSquare(t, s), "team_id": s.teamID,
+		"command": "/mmgate " + text}, &resp); err != nil {
+		t.Fatalf("/mmgate %s: %v", text, err)
+	}
+	return resp.Text
 }
 
 func townSquare(t *testing.T, s *suite) string {
