@@ -269,7 +269,7 @@ func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User
 		p, err := s.o.Directory.Lookup(ctx, u.Email)
 		switch {
 		case err == nil:
-			gs, err := s.o.Directory.Groups(ctx, p)
+			gs, err := s.o.Directory.FreshGroups(ctx, p)
 			if err != nil {
 				return fmt.Errorf("the directory did not answer: %w", err)
 			}

@@ -141,10 +141,12 @@ type Mattermost interface {
 	IsChannelMember(ctx context.Context, channelID, userID string) (bool, error)
 }
 
-// Directory answers group membership (nil: no groups).
+// Directory answers group membership (nil: no groups). FreshGroups reads
+// the directory at the time of the click, past any cache: someone removed
+// from a reviewers' group cannot approve a minute later.
 type Directory interface {
 	Lookup(ctx context.Context, email string) (directory.Person, error)
-	Groups(ctx context.Context, p directory.Person) (directory.Groups, error)
+	FreshGroups(ctx context.Context, p directory.Person) (directory.Groups, error)
 }
 
 // Client is a system allowed to ask for approvals.

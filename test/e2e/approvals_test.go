@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	goldap "github.com/go-ldap/ldap/v3"
 )
 
 type approvalDoc struct {
@@ -29,6 +31,51 @@ type approvalDoc struct {
 		PostID    string `json:"post_id"`
 		ChannelID string `json:"channel_id"`
 	} `json:"posts"`
+}
+
+// approvalAPI calls the gate's approvals API with the client's key.
+func approvalAPI(t *testing.T, g *gate, key, method, path string, in any, out any) int {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+g.httpAddr+path, body)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		_ = json.Unmarshal(b, out)
+	}
+	if resp.StatusCode/100 != 2 {
+		t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
+	}
+	return resp.StatusCode
+}
+
+// clickAction clicks a post's button as c, through Mattermost's own
+// POST /posts/{id}/actions/{action} (Mattermost then calls mmgate).
+func clickAction(t *testing.T, c *mmClient, postID, action string) int {
+	st, err := c.do("POST", "/posts/"+postID+"/actions/"+action, map[string]any{}, nil)
+	if err != nil {
+		t.Logf("click %s on %s: %v", action, postID, err)
+	}
+	return st
+}
+
+// allowLoopbackIntegrations lets Mattermost call mmgate on loopback (setup
+// does this on a real site).
+func allowLoopbackIntegrations(t *testing.T, s *suite) {
+	t.Helper()
+	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"ServiceSettings": map[string]any{
+		"AllowedUntrustedInternalConnections": "127.0.0.1 localhost"}}, nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestApprovalClicksAreVerified: a request is posted to bob (DM) and to a
@@ -72,32 +119,9 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 	g := newGate(t, s, gateConfig{PublicURL: true, Extra: "approvals:\n  app: jira\n  clients:\n    deploybot: {api_key: '" + key + "'}\n"})
 	api := func(method, path string, in any, out any) int {
 		t.Helper()
-		var body io.Reader
-		if in != nil {
-			b, _ := json.Marshal(in)
-			body = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, "http://"+g.httpAddr+path, body)
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(b, out)
-		}
-		if resp.StatusCode/100 != 2 {
-			t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
-		}
-		return resp.StatusCode
+		return approvalAPI(t, g, key, method, path, in, out)
 	}
-	// Mattermost must be allowed to call mmgate on loopback (setup does this).
-	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"ServiceSettings": map[string]any{
-		"AllowedUntrustedInternalConnections": "127.0.0.1 localhost"}}, nil); err != nil {
-		t.Fatal(err)
-	}
+	allowLoopbackIntegrations(t, s)
 
 	// An expiring request first: it is checked at the end.
 	var short approvalDoc
@@ -117,13 +141,7 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 		t.Fatalf("created: %+v", a)
 	}
 	dmPost, channelPost := a.Posts[0].PostID, a.Posts[1].PostID
-	click := func(c *mmClient, postID, action string) int {
-		st, err := c.do("POST", "/posts/"+postID+"/actions/"+action, map[string]any{}, nil)
-		if err != nil {
-			t.Logf("click %s on %s: %v", action, postID, err)
-		}
-		return st
-	}
+	click := func(c *mmClient, postID, action string) int { return clickAction(t, c, postID, action) }
 	state := func(id string) approvalDoc {
 		var d approvalDoc
 		api("GET", "/api/v1/approvals/"+id, nil, &d)
@@ -265,5 +283,72 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 	})
 	if d := state(short.ID); len(d.Decisions) != 0 {
 		t.Errorf("an expired request took a decision: %+v", d)
+	}
+}
+
+// TestApprovalGroupReviewersAreCheckedLive: reviewers given as a directory
+// group (a real slapd) may decide; who is in the group is read at the
+// click, not from a cache: carol, removed from jira-users, is refused;
+// added back, her next click approves.
+func TestApprovalGroupReviewersAreCheckedLive(t *testing.T) {
+	s := setup(t)
+	l := startLDAP(t, s)
+	l.seed()
+	const key = "groupbot-api-key-0123456789"
+	jiraUsers := "cn=jira-users," + ldapGroups
+	carolDN := "uid=" + carolName + ",ou=people," + ldapBase
+	c := l.admin()
+	mod := goldap.NewModifyRequest(carolDN, nil)
+	mod.Add("mail", []string{carolEmail}) // her Mattermost email, which the click gives
+	if err := c.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	leave := goldap.NewModifyRequest(jiraUsers, nil)
+	leave.Delete("member", []string{carolDN})
+	if err := c.Modify(leave); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	pwFile := filepath.Join(l.dir, "bind.pw")
+	if err := os.WriteFile(pwFile, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, s, gateConfig{PublicURL: true,
+		Directory: fmt.Sprintf("{ldap: {urls: ['ldap://127.0.0.1:%d'], bind_dn: '%s', bind_password: 'file:%s', base_dn: '%s', timeout: 3s, cache_ttl: 1h}}",
+			l.port, ldapAdmin, pwFile, ldapBase),
+		Extra: "approvals:\n  app: jira\n  clients:\n    groupbot: {api_key: '" + key + "'}\n"})
+	allowLoopbackIntegrations(t, s)
+	n := nonce()
+	var a approvalDoc
+	if st := approvalAPI(t, g, key, "POST", "/api/v1/approvals", map[string]any{"requester": "alice", "what": "Open the firewall " + n,
+		"reviewers": map[string]any{"groups": []string{jiraUsers}, "channel": s.team + "/town-square"}}, &a); st != 201 || len(a.Posts) != 1 {
+		t.Fatalf("create: %d %+v", st, a)
+	}
+	state := func() approvalDoc {
+		var d approvalDoc
+		approvalAPI(t, g, key, "GET", "/api/v1/approvals/"+a.ID, nil, &d)
+		return d
+	}
+	clickAction(t, s.carol, a.Posts[0].PostID, "approve")
+	if d := state(); d.State != "pending" {
+		t.Fatalf("carol, not in jira-users, decided: %+v", d)
+	}
+	if audit := g.mustCLI("approvals", "audit", a.ID); !strings.Contains(audit, "you are not a reviewer") {
+		t.Fatalf("the refusal is not audited:\n%s", audit)
+	}
+	c = l.admin()
+	join := goldap.NewModifyRequest(jiraUsers, nil)
+	join.Add("member", []string{carolDN})
+	if err := c.Modify(join); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if st := clickAction(t, s.carol, a.Posts[0].PostID, "approve"); st != 200 {
+		t.Fatalf("carol's second click: %d", st)
+	}
+	var d approvalDoc
+	if st := approvalAPI(t, g, key, "GET", "/api/v1/approvals/"+a.ID+"?wait=20s", nil, &d); st != 200 || d.State != "approved" ||
+		len(d.Decisions) != 1 || d.Decisions[0].Username != carolName {
+		t.Fatalf("after carol joined jira-users (cache_ttl is an hour): %+v", d)
 	}
 }

@@ -390,16 +390,31 @@ func (d *Directory) searchPeople(ctx context.Context, filter string, attrs []str
 // Groups returns every group p belongs to, directly or through nested
 // groups, with the path to each.
 func (d *Directory) Groups(ctx context.Context, p directory.Person) (directory.Groups, error) {
+	return d.groupsOf(ctx, p, false)
+}
+
+// FreshGroups is Groups read from the server now, past the caches (which it
+// refreshes): for decisions that must see a change at once, such as whether
+// the person clicking Approve is still in a reviewers' group.
+func (d *Directory) FreshGroups(ctx context.Context, p directory.Person) (directory.Groups, error) {
+	return d.groupsOf(ctx, p, true)
+}
+
+func (d *Directory) groupsOf(ctx context.Context, p directory.Person, fresh bool) (directory.Groups, error) {
 	if p.DN == "" {
 		return directory.Groups{}, errors.New("the person has no DN: groups need an LDAP entry")
 	}
 	key := directory.NormDN(p.DN)
-	if g, ok, _ := d.groups.get(key); ok {
+	flight := "g\x00" + key
+	if fresh {
+		flight = "gf\x00" + key
+	} else if g, ok, _ := d.groups.get(key); ok {
 		metrics.DirectoryCache.WithLabelValues("groups", "hit").Inc()
 		return g, nil
+	} else {
+		metrics.DirectoryCache.WithLabelValues("groups", "miss").Inc()
 	}
-	metrics.DirectoryCache.WithLabelValues("groups", "miss").Inc()
-	v, err, _ := d.sf.Do("g\x00"+key, func() (any, error) {
+	v, err, _ := d.sf.Do(flight, func() (any, error) {
 		mode, err := d.nestingMode(ctx)
 		if err != nil {
 			return nil, err
@@ -408,7 +423,7 @@ func (d *Directory) Groups(ctx context.Context, p directory.Person) (directory.G
 		if mode == NestedInChain {
 			g, err = d.inChain(ctx, p)
 		} else {
-			g, err = d.walk(ctx, p)
+			g, err = d.walk(ctx, p, fresh)
 		}
 		if err != nil {
 			return nil, err
@@ -539,8 +554,8 @@ func (d *Directory) inChain(ctx context.Context, p directory.Person) (directory.
 }
 
 // walk goes up from p through the groups that list it as a member, level
-// by level, each group's parents cached.
-func (d *Directory) walk(ctx context.Context, p directory.Person) (directory.Groups, error) {
+// by level, each group's parents cached (read again when fresh).
+func (d *Directory) walk(ctx context.Context, p directory.Person, fresh bool) (directory.Groups, error) {
 	person := directory.NormDN(p.DN)
 	g := directory.Groups{Parent: map[string]string{}, Names: map[string]string{person: p.DN}}
 	direct, err := d.groupsListing(ctx, p.DN)
@@ -560,7 +575,11 @@ func (d *Directory) walk(ctx context.Context, p directory.Person) (directory.Gro
 	for len(frontier) > 0 {
 		var next []string
 		for _, k := range frontier {
-			parents, ok, _ := d.parents.get(k)
+			var parents []string
+			ok := false
+			if !fresh {
+				parents, ok, _ = d.parents.get(k)
+			}
 			if !ok {
 				parents, err = d.groupsListing(ctx, g.Names[k])
 				if err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	goldap "github.com/go-ldap/ldap/v3"
+
 	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/fault"
 )
@@ -137,6 +139,58 @@ func TestNestedGroupsWithACycle(t *testing.T) {
 	}
 	if len(ge.Parent) != 0 {
 		t.Errorf("erin is in no group, got %v", ge.Parent)
+	}
+}
+
+// TestFreshGroupsSeeAChangeAtOnce: Groups keeps what it found for
+// cache_ttl; FreshGroups asks the server now, nested levels included, and
+// leaves the fresh answer in the cache.
+func TestFreshGroupsSeeAChangeAtOnce(t *testing.T) {
+	s := startSlapd(t, false)
+	f := seed(t, s)
+	d := newDir(t, Config{URLs: []string{s.url()}, BindDN: adminDN, BindPassword: adminPW, CacheTTL: time.Hour})
+	ctx := context.Background()
+	erin, err := d.Lookup(ctx, "erin@corp.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := d.Groups(ctx, erin); err != nil || len(g.Parent) != 0 {
+		t.Fatalf("erin starts in no group: %v %v", g.Parent, err)
+	}
+	// erin joins backend, two levels below jira-users: the cached answer
+	// does not know, the fresh one does, with the whole path.
+	c := s.admin()
+	s.addMember(c, f.backend, f.erin)
+	c.Close()
+	if g, _ := d.Groups(ctx, erin); len(g.Parent) != 0 {
+		t.Fatalf("the cache was not used: %v", g.Parent)
+	}
+	g, err := d.FreshGroups(ctx, erin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, ok := g.Has(f.jiraUsers); !ok || len(path) != 4 {
+		t.Fatalf("fresh: erin in jira-users %v, path %v", ok, path)
+	}
+	if g, _ := d.Groups(ctx, erin); len(g.Parent) == 0 {
+		t.Error("the fresh answer did not refresh the cache")
+	}
+	// Leaving a group shows at once too, even though backend's own parents
+	// were cached by the walk.
+	c = s.admin()
+	s.addMember(c, f.eng, f.alice) // a group of names may not be empty
+	req := goldap.NewModifyRequest(f.eng, nil)
+	req.Delete("member", []string{f.backend})
+	if err := c.Modify(req); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	g, err = d.FreshGroups(ctx, erin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Has(f.eng); ok {
+		t.Error("fresh groups still see backend in eng")
 	}
 }
 
