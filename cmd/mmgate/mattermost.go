@@ -58,8 +58,7 @@ and used for this run only: it is not stored.`,
 				fmt.Fprintf(w, "nothing to change (%d things checked)\n", res.Unchanged)
 			} else {
 				fmt.Fprintf(w, "%d changed, %d already right\n", res.Changed, res.Unchanged)
-				fmt.Fprintln(w, "running `mmgate serve` instances read new bot tokens when they start: restart them "+
-					"(setup through the admin endpoint or an install link updates the instance that runs it)")
+				fmt.Fprintln(w, "running `mmgate serve` instances pick new bot tokens up within 15 seconds; no restart needed")
 			}
 			return nil
 		},

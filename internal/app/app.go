@@ -107,6 +107,9 @@ type Server struct {
 	approvalSvc   *approval.Service
 	clients       map[string]*mattermost.Client
 	accounts      *account.Store
+	tokens        map[string]string // app → the bot token its client has
+	tokensMu      sync.Mutex
+	stopTokens    context.CancelFunc
 	accountSvc    *account.Service
 	bridge        *sso.Bridge
 	dir           relay.Directory
@@ -153,6 +156,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		return nil, err
 	}
 	s.clients = clients
+	s.tokens = tokens
 	var creds []smtpintake.Credential
 	checks := map[string]httpapi.Check{}
 	for name, a := range cfg.Apps {
@@ -301,6 +305,9 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	if err := s.startPollers(cfg, sp, log); err != nil {
 		return fail(err)
 	}
+	tctx, stopTokens := context.WithCancel(context.Background())
+	s.stopTokens = stopTokens
+	go s.watchTokens(tctx, cfg, 15*time.Second)
 	spoolAt := cfg.SpoolPath()
 	if cfg.Spool.Driver == "postgres" {
 		spoolAt = "postgres (spool.dsn)"
@@ -332,6 +339,9 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 	if s.stopSSO != nil {
 		s.stopSSO()
+	}
+	if s.stopTokens != nil {
+		s.stopTokens()
 	}
 	if s.ssoStore != nil {
 		_ = s.ssoStore.Close()

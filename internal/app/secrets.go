@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mmgate/mmgate/internal/command"
 	"github.com/mmgate/mmgate/internal/config"
@@ -208,16 +209,42 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 	return httpapi.AdminRoutes(o), nil
 }
 
-// reloadTokens gives the running clients the tokens setup stored.
+// reloadTokens gives the running clients the tokens setup stored (or a
+// token file now holds), and says which changed.
 func (s *Server) reloadTokens(ctx context.Context, cfg config.Config) {
 	toks, err := BotTokens(ctx, cfg, s.secretStore)
 	if err != nil {
-		s.log.Warn("reloading the bot tokens after setup", "err", err)
+		s.log.Warn("reloading the bot tokens", "err", err)
 		return
 	}
+	s.tokensMu.Lock()
+	defer s.tokensMu.Unlock()
+	if s.tokens == nil {
+		s.tokens = map[string]string{}
+	}
 	for name, c := range s.clients {
-		if t := toks[name]; t != "" {
+		if t := toks[name]; t != "" && t != s.tokens[name] {
 			c.SetToken(t)
+			if _, had := s.tokens[name]; had {
+				s.log.Info("the bot token of an app changed (mattermost setup, or its token file); using the new one", "app", name)
+			}
+			s.tokens[name] = t
+		}
+	}
+}
+
+// watchTokens reloads the bot tokens every interval until ctx ends, so that
+// `mmgate mattermost setup` run from the command line or on another
+// replica, or a rotated token file, takes effect without a restart.
+func (s *Server) watchTokens(ctx context.Context, cfg config.Config, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.reloadTokens(ctx, cfg)
 		}
 	}
 }

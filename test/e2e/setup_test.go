@@ -26,10 +26,20 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(s.admin.token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// Without setup the app has no token: serve says what to do.
+	// Without setup the app has no token: serve starts, and the app's mail
+	// waits, saying why.
 	if out, errOut, code := g.cli("config", "check"); code != 0 {
 		t.Fatalf("config check: %d\n%s%s", code, out, errOut)
 	}
+	g.start()
+	msgID := "setup-" + n + "@e2e.test"
+	since := time.Now()
+	g.mustSend(nil, "backup-svc@"+mailDomain, []string{"alice@" + mailDomain},
+		crlf(header("backup-svc@"+mailDomain, "alice@"+mailDomain, "Backup finished "+n, msgID)+"Content-Type: text/plain\n\nAll good.\n"))
+	eventually(t, waitFor, "the backup app's mail waiting for a token", func() (bool, string) {
+		r, ok := findRow(g.list("queue", "list"), "Backup finished "+n)
+		return ok && strings.Contains(r.Line, "retrying"), r.Line
+	})
 
 	out, errOut, code := g.cli("mattermost", "setup", "--admin-token-file", tokFile)
 	t.Logf("first setup:\n%s%s", out, errOut)
@@ -63,16 +73,13 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	if _, err := s.admin.do("GET", "/users/username/"+botName, nil, &bot); err != nil || !bot.IsBot {
 		t.Fatalf("the bot %s: %+v %v", botName, bot, err)
 	}
-	g.start()
+	// The running instance picks the stored token up by itself (within 15
+	// seconds), and the waiting mail is posted by the bot setup made.
 	dm, derr := s.alice.dmWith(s.aliceID, bot.ID)
 	if derr != nil {
 		t.Fatal(derr)
 	}
 	alice := &recipient{name: "alice", c: s.alice, dm: dm}
-	msgID := "setup-" + n + "@e2e.test"
-	since := time.Now()
-	g.mustSend(nil, "backup-svc@"+mailDomain, []string{"alice@" + mailDomain},
-		crlf(header("backup-svc@"+mailDomain, "alice@"+mailDomain, "Backup finished "+n, msgID)+"Content-Type: text/plain\n\nAll good.\n"))
 	ps := alice.waitPosts(t, g, since, msgID, 1)
 	if ps[0].UserID != bot.ID {
 		t.Errorf("posted by %s, want the bot setup created (%s)", ps[0].UserID, bot.ID)
