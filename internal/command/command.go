@@ -74,7 +74,9 @@ func Handler(o Options) http.Handler {
 		want, err := o.Token(r.Context(), f.Get("team_id"))
 		if err != nil {
 			o.Logger.Error("command: reading the stored token", "err", err)
-			reply(w, http.StatusServiceUnavailable, "mmgate cannot check this command right now; try again in a minute.")
+			// 200: Mattermost shows the text of a 200 only; anything else
+			// becomes "returned response 503" for the person who typed it.
+			reply(w, http.StatusOK, "mmgate cannot check this command right now; try again in a minute.")
 			return
 		}
 		if !equal(f.Get("token"), want) || want == "" {

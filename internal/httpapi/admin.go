@@ -101,7 +101,16 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 			var report []string
 			changed, unchanged, err := o.Setup(r.Context(), strings.TrimSpace(in.AdminToken), in.Teams, func(l string) { report = append(report, l) })
 			if err != nil {
-				WriteJSON(w, http.StatusBadGateway, map[string]any{"success": false, "code": "setup_failed", "message": err.Error(), "report": report})
+				// The admin token refused: 403; Mattermost unreachable or
+				// overloaded: 503, try again; anything else: 502.
+				status, code := http.StatusBadGateway, "setup_failed"
+				switch {
+				case fault.Is(err, fault.Unauthorized):
+					status, code = http.StatusForbidden, "admin_token_refused"
+				case strings.HasPrefix(fault.CodeOf(err), "mattermost_un") || fault.CodeOf(err) == "mattermost_rate_limited":
+					status, code = http.StatusServiceUnavailable, "mattermost_unavailable"
+				}
+				WriteJSON(w, status, map[string]any{"success": false, "code": code, "message": err.Error(), "report": report})
 				return
 			}
 			WriteJSON(w, http.StatusOK, map[string]any{"success": true, "changed": changed, "unchanged": unchanged, "report": report})

@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"github.com/mmgate/mmgate/internal/fault"
+
 	"context"
 	"errors"
 	"io"
@@ -33,8 +35,13 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 			mu.Lock()
 			runs++
 			mu.Unlock()
-			if tok != "mm-admin" {
-				return 0, 0, errors.New("Mattermost refused the token")
+			switch tok {
+			case "nope":
+				return 0, 0, fault.Wrap(fault.Unauthorized, "admin_token_refused", "Mattermost refused the token", errors.New("401"))
+			case "down":
+				return 0, 0, fault.Wrap(fault.Temporary, "mattermost_unreachable", "Mattermost unreachable", errors.New("dial"))
+			case "odd":
+				return 0, 0, errors.New("there is no team named \"x\"")
 			}
 			report("bot @jira: created")
 			return 1, 0, nil
@@ -80,8 +87,13 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 	if st, body := post("adm", `{"admin_token":"mm-admin"}`); st != 200 || !strings.Contains(body, "bot @jira: created") {
 		t.Errorf("setup: %d %s", st, body)
 	}
-	if st, body := post("adm", `{"admin_token":"nope"}`); st != 502 || !strings.Contains(body, "refused") {
-		t.Errorf("setup refused by Mattermost: %d %s", st, body)
+	for tok, want := range map[string]struct {
+		status int
+		code   string
+	}{"nope": {403, "admin_token_refused"}, "down": {503, "mattermost_unavailable"}, "odd": {502, "setup_failed"}} {
+		if st, body := post("adm", `{"admin_token":"`+tok+`"}`); st != want.status || !strings.Contains(body, `"code":"`+want.code+`"`) {
+			t.Errorf("setup failing (%s): %d %s, want %d %s", tok, st, body, want.status, want.code)
+		}
 	}
 
 	// The install link: a page, a form, once.
@@ -139,7 +151,7 @@ func TestAdminSetupAndInstallLink(t *testing.T) {
 			t.Errorf("%s link: %d", name, st)
 		}
 	}
-	if runs != 3 {
-		t.Errorf("setup ran %d times, want 3 (two by the API, one by the link)", runs)
+	if runs != 5 {
+		t.Errorf("setup ran %d times, want 5 (four by the API, one by the link)", runs)
 	}
 }

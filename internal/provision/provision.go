@@ -16,10 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 
+	"github.com/mmgate/mmgate/internal/fault"
 	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/secrets"
 )
@@ -133,8 +135,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 // commands, and outgoing calls to mmgate's own (internal) address.
 func settings(ctx context.Context, o Options, say func(bool, string, ...any)) error {
 	cfg, err := o.Admin.Config(ctx)
+	var ae *mattermost.APIError
+	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
+		return fault.Wrap(fault.Unauthorized, "admin_token_refused",
+			"Mattermost does not accept the token as a system admin's personal access token", err)
+	}
 	if err != nil {
-		return fmt.Errorf("reading the Mattermost configuration (is the token a system admin's?): %w", err)
+		return fmt.Errorf("reading the Mattermost configuration: %w", err)
 	}
 	ss, _ := cfg["ServiceSettings"].(map[string]any)
 	patch := map[string]any{}

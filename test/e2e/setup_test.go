@@ -114,6 +114,21 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 	if ar.StatusCode != 200 || !res.Success || res.Changed != 0 || len(res.Report) == 0 {
 		t.Errorf("POST /admin/mattermost/setup: %d %+v", ar.StatusCode, res)
 	}
+	// A Mattermost token that is not a system admin's: 403, with a stable code.
+	req, _ = http.NewRequest(http.MethodPost, "http://"+g.httpAddr+"/admin/mattermost/setup",
+		strings.NewReader(`{"admin_token": "`+s.alice.token+`"}`))
+	req.Header.Set("Authorization", "Bearer "+e2eAdminToken)
+	if ar, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	var refused struct {
+		Code string `json:"code"`
+	}
+	_ = json.NewDecoder(ar.Body).Decode(&refused)
+	ar.Body.Close()
+	if ar.StatusCode != http.StatusForbidden || refused.Code != "admin_token_refused" {
+		t.Errorf("setup with alice's token: %d %+v, want 403 admin_token_refused", ar.StatusCode, refused)
+	}
 	// A forged call straight to mmgate, without the command's token.
 	resp, err := http.PostForm("http://"+g.httpAddr+"/mattermost/command", url.Values{"token": {"forged"}, "team_id": {s.teamID},
 		"user_id": {s.aliceID}, "text": {"status"}})
