@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzAuthenticate -fuzztime 60s ./internal/intake/postback
 	$(GO) test -run '^$$' -fuzz FuzzUntrustedInputs -fuzztime 60s ./internal/sso
 	$(GO) test -run '^$$' -fuzz FuzzCallbacks -fuzztime 60s ./internal/approval
+	$(GO) test -run '^$$' -fuzz FuzzLinkInputs -fuzztime 60s ./internal/account
 
 vet:
 	$(GO) vet ./...

@@ -119,7 +119,7 @@ func suite(t *testing.T, a, b *Store) {
 	}
 }
 
-func open(t *testing.T, opener func() (*sqldb.DB, error)) *Store {
+func open(t testing.TB, opener func() (*sqldb.DB, error)) *Store {
 	t.Helper()
 	db, err := opener()
 	if err != nil {

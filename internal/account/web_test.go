@@ -43,7 +43,7 @@ func (u users) User(_ context.Context, id string) (*mattermost.User, error) {
 }
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	srv *httptest.Server
 	st  *Store
 	svc *Service
@@ -51,7 +51,7 @@ type env struct {
 
 const mmRedirect = "http://mm.test/signup/gitlab/complete"
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t}
 	var h http.Handler
@@ -388,4 +388,44 @@ func TestSubscribeCommands(t *testing.T) {
 			t.Errorf("/mmgate %s:\n%s\nwant %q", c.do, got, c.want)
 		}
 	}
+}
+
+// FuzzLinkInputs: whatever the ticket, cookie, state and codes, the link
+// pages never link, never show a confirmation without a real sign-in, and
+// never fail on their own (5xx).
+func FuzzLinkInputs(f *testing.F) {
+	e := newEnv(f)
+	valid, err := e.st.NewCode(context.Background(), "uid-bob", "bob", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	forged := e.svc.sign(ticket{Email: "ceo@corp.test", Expires: time.Now().Add(time.Hour).Unix()}, "other")
+	f.Add(forged, "s."+valid, "s", "code", valid)
+	f.Add("e30.AAAA", "."+valid, "", "", "")
+	f.Add("x.y.z", "s.", "s", valid, "x")
+	f.Fuzz(func(t *testing.T, tk, cookie, state, code, linkCode string) {
+		do := func(r *http.Request, h http.HandlerFunc) (int, string) {
+			r.AddCookie(&http.Cookie{Name: linkCookie, Value: cookie})
+			w := httptest.NewRecorder()
+			h(w, r)
+			return w.Code, w.Body.String()
+		}
+		r := httptest.NewRequest(http.MethodPost, "/link/confirm", strings.NewReader(url.Values{"ticket": {tk}, "action": {"link"}}.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if st, body := do(r, e.svc.confirm); st >= 500 || strings.Contains(body, "Linked.") {
+			t.Fatalf("confirm: %d\n%s", st, body)
+		}
+		r = httptest.NewRequest(http.MethodGet, "/link/callback?"+url.Values{"state": {state}, "code": {code}}.Encode(), nil)
+		if st, body := do(r, e.svc.callback); st >= 500 || st == http.StatusOK || strings.Contains(body, "ticket") {
+			t.Fatalf("callback: %d\n%s", st, body)
+		}
+		r = httptest.NewRequest(http.MethodGet, "/link/x", nil)
+		r.SetPathValue("code", linkCode)
+		if st, _ := do(r, e.svc.start); st >= 500 {
+			t.Fatalf("start: %d", st)
+		}
+		if ls, err := e.st.Links(context.Background()); err != nil || len(ls) != 0 {
+			t.Fatalf("linked: %v %v", ls, err)
+		}
+	})
 }
