@@ -194,6 +194,17 @@ stop_pid() {
 	wait "$p" 2>/dev/null
 }
 
+# cpu_ticks prints "mmgate postgres versitygw sysbench" CPU ticks (user +
+# system) of the live processes with those names.
+cpu_ticks() {
+	cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+		name = $2; gsub(/[()]/, "", name)
+		# the fields after the name: utime and stime are fields 14 and 15
+		n = split($0, f, ") "); split(f[n], g, " ")
+		t[name] += g[12] + g[13]
+	} END { printf "%d %d %d %d\n", t["mmgate"], t["postgres"], t["versitygw"], t["sysbench"] }'
+}
+
 show_log_problems() {
 	local f=$1 n resets
 	resets=$(grep 'level=\(WARN\|ERROR\)' "$f" 2>/dev/null | grep -c 'connection reset by peer')
@@ -511,6 +522,7 @@ else
 		c_posted=0 c_quarantined=0
 		result_vars c $("$bin/sysbench" spoolcount -db "$DSN" 2>/dev/null)
 		posted0=$c_posted
+		read -r cm0 cp0 cv0 cs0 <<< "$(cpu_ticks)"
 		t0=$(now_ns)
 		deadline=$((SECONDS + 180))
 		while [ $SECONDS -lt $deadline ]; do
@@ -519,11 +531,16 @@ else
 			sleep 0.2
 		done
 		t1=$(now_ns)
+		read -r cm1 cp1 cv1 cs1 <<< "$(cpu_ticks)"
 		for p in "${rpids[@]}"; do stop_pid "$p"; done
 		secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b-a)/1e9}')
 		rate=$(awk -v n="$((c_posted - posted0))" -v s="$secs" 'BEGIN {if (s > 0 && n > 0) printf "%.0f", n/s; else print "n/a"}')
 		echo "$K replica(s): $c_posted of $stored posted ($c_quarantined quarantined; $posted0 before the last replica was up), $((c_posted - posted0)) in $secs s → $rate msgs/s"
 		[ "$c_posted" -ge "$stored" ] || echo "NOTE: not all posted within 180 s"
+		hz=$(getconf CLK_TCK)
+		awk -v m=$((cm1 - cm0)) -v p=$((cp1 - cp0)) -v v=$((cv1 - cv0)) -v s=$((cs1 - cs0)) -v hz="$hz" -v secs="$secs" -v n="$((c_posted - posted0))" \
+			'BEGIN { if (n > 0) printf "  CPU while delivering, ms per message: mmgate %.2f, postgres %.2f, versitygw %.2f, stand-in %.2f (machine busy %.0f%% of %d cores)\n",
+				m*1000/hz/n, p*1000/hz/n, v*1000/hz/n, s*1000/hz/n, (m+p+v+s)*100/hz/secs/'"$(nproc)"', '"$(nproc)"' }'
 		for r in $(seq 1 "$K"); do show_log_problems "$work/replica-k$K-r$r/mmgate.log"; done
 		rates+=("$rate")
 	done

@@ -12,7 +12,9 @@ import (
 )
 
 // TestMattermostSetupAndSlashCommand: `mmgate mattermost setup` with the
-// real Mattermost's admin token creates an app's bot, its token (kept in the
+// real Mattermost's admin token turns on what a fresh Mattermost has off
+// (bot accounts, slash commands, calls to mmgate's loopback address),
+// creates an app's bot, its token (kept in the
 // secret store) and the /mmgate command; run again it changes nothing; the
 // bot it made posts mail; /mmgate runs through Mattermost's own
 // POST /commands/execute; a forged call straight to mmgate is refused.
@@ -41,12 +43,29 @@ func TestMattermostSetupAndSlashCommand(t *testing.T) {
 		return ok && strings.Contains(r.Line, "retrying"), r.Line
 	})
 
+	// As on a fresh Mattermost: bot accounts and custom slash commands off,
+	// and Mattermost not allowed to call a loopback address.
+	var before map[string]map[string]any
+	if _, err := s.admin.do("GET", "/config", nil, &before); err != nil {
+		t.Fatal(err)
+	}
+	restore := map[string]any{}
+	for _, k := range []string{"EnableBotAccountCreation", "EnableCommands", "AllowedUntrustedInternalConnections"} {
+		restore[k] = before["ServiceSettings"][k]
+	}
+	t.Cleanup(func() { _, _ = s.admin.do("PUT", "/config/patch", map[string]any{"ServiceSettings": restore}, nil) })
+	if _, err := s.admin.do("PUT", "/config/patch", map[string]any{"ServiceSettings": map[string]any{
+		"EnableBotAccountCreation": false, "EnableCommands": false, "AllowedUntrustedInternalConnections": ""}}, nil); err != nil {
+		t.Fatal(err)
+	}
+
 	out, errOut, code := g.cli("mattermost", "setup", "--admin-token-file", tokFile)
 	t.Logf("first setup:\n%s%s", out, errOut)
 	if code != 0 {
 		t.Fatalf("setup: exit %d", code)
 	}
-	for _, want := range []string{"bot @" + botName + ": created for app backup", "bot @" + botName + ": icon set",
+	for _, want := range []string{"settings: turned on EnableBotAccountCreation, EnableCommands, AllowedUntrustedInternalConnections += 127.0.0.1",
+		"bot @" + botName + ": created for app backup", "bot @" + botName + ": icon set",
 		"bot @" + botName + ": new access token stored in the secret store",
 		"app jira: has its own apps.jira.bot_token; its bot is left alone"} {
 		if !strings.Contains(out, want) {
