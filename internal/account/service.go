@@ -23,6 +23,7 @@ const CallbackPath = "/link/callback"
 // Users is what the service asks Mattermost (with a bot's token).
 type Users interface {
 	User(ctx context.Context, id string) (*mattermost.User, error)
+	UserByEmail(ctx context.Context, email string) (*mattermost.User, error)
 }
 
 // Redeemer turns the sign-in bridge's code into the person who signed in
@@ -36,6 +37,9 @@ type App struct {
 	DisplayName string
 	// Subscribable apps allow /mmgate subscribe.
 	Subscribable bool
+	// Restricted apps have allow or deny groups (or the global deny group
+	// applies): subscribers must have proven their directory identity.
+	Restricted bool
 }
 
 // Options configure a Service.
@@ -47,9 +51,14 @@ type Options struct {
 	// group) to a directory address; why says why not.
 	MayReceive func(ctx context.Context, app, email string) (ok bool, why string, err error)
 	// Bridge is the sign-in bridge and Issuer its public URL; without them
-	// linking is off.
+	// linking is off, and Off says why when it is not the missing bridge.
 	Bridge Redeemer
 	Issuer string
+	Off    string
+	// Notify sends a person a direct message from mmgate (an app's bot):
+	// who linked an address is told, and so is whoever its mail reached
+	// before. nil: nobody is told.
+	Notify func(ctx context.Context, userID, text string) error
 	// Key signs the confirmation form (shared by replicas).
 	Key []byte
 	// CodeTTL is how long a link code works (default 10 minutes).
@@ -89,8 +98,11 @@ func (s *Service) user(ctx context.Context, userID string) (*mattermost.User, er
 // Link answers `/mmgate link`: a one-time link to the sign-in page.
 func (s *Service) Link(ctx context.Context, userID string) string {
 	if s.o.Bridge == nil {
+		if s.o.Off != "" {
+			return "Linking is off in this mmgate: " + s.o.Off
+		}
 		return "Linking needs mmgate's sign-in (`sso` in its configuration), which is not set up here. " +
-			"Ask your Mattermost admin to link your directory address to your account."
+			"Ask your Mattermost admin to give your account your directory email address instead."
 	}
 	u, err := s.user(ctx, userID)
 	if err != nil {
@@ -206,8 +218,9 @@ func (s *Service) Subscribe(ctx context.Context, userID, app string) string {
 		return unavailable("read your Mattermost account")
 	}
 	// The app's groups are checked against the directory identity the
-	// account is linked to, else against the account's email.
-	email := u.Email
+	// account proved with /mmgate link. Its Mattermost email proves nothing:
+	// people can change it themselves.
+	email := ""
 	links, err := s.o.Store.LinksOf(ctx, u.ID)
 	if err != nil {
 		s.o.Logger.Error("accounts: reading links", "err", err)
@@ -216,7 +229,11 @@ func (s *Service) Subscribe(ctx context.Context, userID, app string) string {
 	if len(links) > 0 {
 		email = links[0].Email
 	}
-	if s.o.MayReceive != nil {
+	if s.o.Apps[app].Restricted && email == "" {
+		return fmt.Sprintf("%s only reaches some directory groups, so mmgate must know who you are in the directory: "+
+			"prove it with `/mmgate link`, then subscribe again.", s.appName(app))
+	}
+	if s.o.MayReceive != nil && email != "" {
 		ok, why, err := s.o.MayReceive(ctx, app, email)
 		if err != nil {
 			s.o.Logger.Error("accounts: checking the app's groups", "app", app, "err", err)

@@ -42,6 +42,9 @@ type Link struct {
 	UserID   string // the Mattermost account
 	Username string // its username when linked, for messages
 	Created  time.Time
+	// Previous is, from LinkWithCode, the account the email was linked to
+	// before (nil: none, or the same).
+	Previous *Link
 }
 
 // Subscriber is a Mattermost account subscribed to an app.
@@ -49,8 +52,9 @@ type Subscriber struct {
 	App      string
 	UserID   string
 	Username string // when subscribed, for listings
-	// Email is the directory address the app's groups are checked against
-	// (the linked identity's, else the account's email).
+	// Email is the directory address the subscriber proved with /mmgate
+	// link when subscribing ("" : none); the relay checks the app's groups
+	// against the account's link at delivery, else against this.
 	Email   string
 	Created time.Time
 }
@@ -69,14 +73,17 @@ type Store struct {
 	Fresh time.Duration
 	now   func() time.Time
 
-	mu   sync.Mutex
-	snap *snapshot
+	mu      sync.Mutex
+	snap    *snapshot
+	gen     uint64     // bumped by each change made here
+	refresh sync.Mutex // one reading of the tables at a time, outside mu
 }
 
 type snapshot struct {
-	at    time.Time
-	links map[string]Link         // email → link
-	subs  map[string][]Subscriber // app → subscribers
+	at     time.Time
+	links  map[string]Link         // email → link
+	byUser map[string]Link         // user id → its first link (by email)
+	subs   map[string][]Subscriber // app → subscribers
 }
 
 // Open creates the tables.
@@ -114,7 +121,19 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) changed() {
 	s.mu.Lock()
 	s.snap = nil
+	s.gen++
 	s.mu.Unlock()
+}
+
+// fresh returns the snapshot if it is younger than Fresh, and the
+// generation it is of.
+func (s *Store) fresh() (*snapshot, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snap != nil && s.now().Sub(s.snap.at) < s.Fresh {
+		return s.snap, s.gen
+	}
+	return nil, s.gen
 }
 
 func hashCode(code string) string {
@@ -155,7 +174,8 @@ func (s *Store) PeekCode(ctx context.Context, code string) (Pending, error) {
 // LinkWithCode uses code up and records l for the account the code was
 // made for, in one transaction: of two uses of a code, one links and the
 // other gets ErrNotFound. A link of the same email to another account is
-// replaced (the person who proved the identity moves their mail).
+// replaced (the person who proved the identity moves their mail); Previous
+// is then the account it went to.
 func (s *Store) LinkWithCode(ctx context.Context, code string, l Link) (Link, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -173,6 +193,14 @@ func (s *Store) LinkWithCode(ctx context.Context, code string, l Link) (Link, er
 	}
 	l.Email = strings.ToLower(strings.TrimSpace(l.Email))
 	l.Created = now
+	var prevID, prevName string
+	err = tx.QueryRowContext(ctx, s.db.Q(`SELECT user_id, username FROM account_links WHERE email = ?`), l.Email).Scan(&prevID, &prevName)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return l, err
+	}
+	if prevID != "" && prevID != l.UserID {
+		l.Previous = &Link{Email: l.Email, UserID: prevID, Username: prevName}
+	}
 	if _, err := tx.ExecContext(ctx, s.db.Q(`INSERT INTO account_links (email, subject, user_id, username, created_at) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (email) DO UPDATE SET subject = excluded.subject, user_id = excluded.user_id,
 			username = excluded.username, created_at = excluded.created_at`),
@@ -284,12 +312,18 @@ func (s *Store) Subscriptions(ctx context.Context) ([]Subscriber, error) {
 	return s.subscriptions(ctx, "")
 }
 
-// current returns a snapshot no older than Fresh.
+// current returns a snapshot no older than Fresh. The tables are read
+// without holding mu, so a slow database delays only those waiting for the
+// new snapshot, never a change.
 func (s *Store) current(ctx context.Context) (*snapshot, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.snap != nil && s.now().Sub(s.snap.at) < s.Fresh {
-		return s.snap, nil
+	if sn, _ := s.fresh(); sn != nil {
+		return sn, nil
+	}
+	s.refresh.Lock()
+	defer s.refresh.Unlock()
+	sn, gen := s.fresh()
+	if sn != nil {
+		return sn, nil // another caller read them meanwhile
 	}
 	links, err := s.Links(ctx)
 	if err != nil {
@@ -299,9 +333,12 @@ func (s *Store) current(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	sn := &snapshot{at: s.now(), links: map[string]Link{}, subs: map[string][]Subscriber{}}
+	sn = &snapshot{at: s.now(), links: map[string]Link{}, byUser: map[string]Link{}, subs: map[string][]Subscriber{}}
 	for _, l := range links {
 		sn.links[l.Email] = l
+		if _, ok := sn.byUser[l.UserID]; !ok {
+			sn.byUser[l.UserID] = l
+		}
 	}
 	for _, sub := range subs {
 		sn.subs[sub.App] = append(sn.subs[sub.App], sub)
@@ -309,7 +346,11 @@ func (s *Store) current(ctx context.Context) (*snapshot, error) {
 	for _, v := range sn.subs {
 		sort.Slice(v, func(i, j int) bool { return v[i].UserID < v[j].UserID })
 	}
-	s.snap = sn
+	s.mu.Lock()
+	if s.gen == gen {
+		s.snap = sn // else a change came meanwhile: the next call reads again
+	}
+	s.mu.Unlock()
 	return sn, nil
 }
 
@@ -320,6 +361,17 @@ func (s *Store) LinkedUser(ctx context.Context, email string) (Link, bool, error
 		return Link{}, false, fmt.Errorf("reading account links: %w", err)
 	}
 	l, ok := sn.links[strings.ToLower(strings.TrimSpace(email))]
+	return l, ok, nil
+}
+
+// LinkOf returns the link the Mattermost account userID holds (the first
+// by email, when it holds several), if any.
+func (s *Store) LinkOf(ctx context.Context, userID string) (Link, bool, error) {
+	sn, err := s.current(ctx)
+	if err != nil {
+		return Link{}, false, fmt.Errorf("reading account links: %w", err)
+	}
+	l, ok := sn.byUser[userID]
 	return l, ok, nil
 }
 

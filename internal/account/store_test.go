@@ -62,8 +62,10 @@ func suite(t *testing.T, a, b *Store) {
 	// A second link of the same identity moves it; the other replica sees
 	// that once its snapshot is older than Fresh, this one at once.
 	code2, _ := b.NewCode(ctx, "uid-carol", "carol", time.Minute)
-	if _, err := b.LinkWithCode(ctx, code2, Link{Email: "alice@corp.test", Subject: "ldap:uuid-a"}); err != nil {
+	if l2, err := b.LinkWithCode(ctx, code2, Link{Email: "alice@corp.test", Subject: "ldap:uuid-a"}); err != nil {
 		t.Fatal(err)
+	} else if l2.Previous == nil || l2.Previous.UserID != "uid-bob" {
+		t.Errorf("the account the link moved from: %+v", l2.Previous)
 	}
 	if l, _, _ := b.LinkedUser(ctx, "alice@corp.test"); l.UserID != "uid-carol" {
 		t.Errorf("the replica that linked still sees %s", l.UserID)

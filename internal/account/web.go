@@ -1,6 +1,7 @@
 package account
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
@@ -42,8 +44,17 @@ func (s *Service) Routes() map[string]http.Handler {
 
 func (s *Service) secure() bool { return strings.HasPrefix(s.o.Issuer, "https://") }
 
+// cookieName is linkCookie, with the __Secure- prefix over https (a
+// sibling domain then cannot plant one).
+func (s *Service) cookieName() string {
+	if s.secure() {
+		return "__Secure-" + linkCookie
+	}
+	return linkCookie
+}
+
 func (s *Service) setCookie(w http.ResponseWriter, value string, maxAge time.Duration) {
-	c := &http.Cookie{Name: linkCookie, Value: value, Path: "/link/", HttpOnly: true, Secure: s.secure(),
+	c := &http.Cookie{Name: s.cookieName(), Value: value, Path: "/link/", HttpOnly: true, Secure: s.secure(),
 		SameSite: http.SameSiteLaxMode, MaxAge: int(maxAge / time.Second)}
 	if maxAge < 0 {
 		c.MaxAge = -1
@@ -52,8 +63,8 @@ func (s *Service) setCookie(w http.ResponseWriter, value string, maxAge time.Dur
 }
 
 // flow reads the cookie: the state and the link code.
-func flow(r *http.Request) (state, code string, ok bool) {
-	c, err := r.Cookie(linkCookie)
+func (s *Service) flow(r *http.Request) (state, code string, ok bool) {
+	c, err := r.Cookie(s.cookieName())
 	if err != nil {
 		return "", "", false
 	}
@@ -123,7 +134,7 @@ func (s *Service) verify(v, code string) (ticket, bool) {
 
 func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	state, code, ok := flow(r)
+	state, code, ok := s.flow(r)
 	if !ok || subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1 {
 		s.page(w, http.StatusBadRequest, linkData{Notice: "This sign-in was not started in this browser, or took too long. " +
 			"Open the link from “/mmgate link” again, in the browser you sign in with."})
@@ -149,13 +160,23 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusUnauthorized, linkData{Notice: "This sign-in is not valid any more. Open the link from “/mmgate link” again."})
 		return
 	}
+	if strings.TrimSpace(id.Email) == "" {
+		s.page(w, http.StatusUnprocessableEntity, linkData{Notice: "Your directory account has no email address, so there is nothing to link. Ask your directory's administrators."})
+		return
+	}
 	t := ticket{Email: strings.ToLower(id.Email), Subject: id.Subject, Name: id.Name, Expires: time.Now().Add(s.o.CodeTTL).Unix()}
-	s.page(w, http.StatusOK, linkData{Form: true, Ticket: s.sign(t, code), Email: t.Email, Name: t.Name, Username: p.Username})
+	d := linkData{Form: true, Ticket: s.sign(t, code), Email: t.Email, Name: t.Name, Username: p.Username}
+	// Name the Mattermost account fully: a look-alike username is not enough.
+	if u, err := s.o.Users.User(r.Context(), p.UserID); err == nil {
+		d.Account = strings.TrimSpace(strings.TrimSpace(u.FirstName+" "+u.LastName) + ", " + u.Email)
+		d.Account = strings.TrimPrefix(d.Account, ", ")
+	}
+	s.page(w, http.StatusOK, d)
 }
 
 func (s *Service) confirm(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
-	_, code, ok := flow(r)
+	_, code, ok := s.flow(r)
 	if !ok || r.ParseForm() != nil {
 		s.page(w, http.StatusBadRequest, linkData{Notice: "This form was not sent from the page mmgate showed in this browser. " +
 			"Open the link from “/mmgate link” again."})
@@ -182,7 +203,35 @@ func (s *Service) confirm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.o.Logger.Info("accounts: linked", "email", l.Email, "user", l.Username, "subject", l.Subject)
+	s.tell(r.Context(), l)
 	s.page(w, http.StatusOK, linkData{Done: true, Email: l.Email, Username: l.Username})
+}
+
+// tell sends the news of a link to the account that now gets the mail, to
+// the account with that email (if another), and to the account that had
+// the link before: someone tricked into confirming hears of it.
+func (s *Service) tell(ctx context.Context, l Link) {
+	if s.o.Notify == nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	send := func(userID, text string) {
+		if err := s.o.Notify(ctx, userID, text); err != nil {
+			s.o.Logger.Warn("accounts: telling someone about a link", "user_id", userID, "err", err)
+		}
+	}
+	send(l.UserID, fmt.Sprintf("Mail addressed to %s in the directory now comes to you here (`/mmgate link`). `/mmgate unlink` undoes it.", l.Email))
+	warn := fmt.Sprintf("Mail addressed to %s now goes to @%s: someone signed in to mmgate as %s on %s UTC and linked it there. "+
+		"If that was not you, change your directory password and ask your Mattermost admin to run `mmgate accounts unlink %s`.",
+		l.Email, l.Username, l.Email, l.Created.UTC().Format("2006-01-02 15:04"), l.Email)
+	told := map[string]bool{l.UserID: true}
+	if l.Previous != nil {
+		told[l.Previous.UserID] = true
+		send(l.Previous.UserID, warn)
+	}
+	if u, err := s.o.Users.UserByEmail(ctx, l.Email); err == nil && !told[u.ID] {
+		send(u.ID, warn)
+	}
 }
 
 type linkData struct {
@@ -192,6 +241,7 @@ type linkData struct {
 	Email    string
 	Name     string
 	Username string
+	Account  string // the Mattermost account's name and email
 	Notice   string
 }
 
@@ -212,8 +262,8 @@ button.secondary{color:#8fb1ff;border-color:#8fb1ff}}
 <h1>Link your Mattermost account</h1>
 {{if .Form}}
 <p>You signed in as <strong>{{if .Name}}{{.Name}} ({{.Email}}){{else}}{{.Email}}{{end}}</strong>.</p>
-<p>Mail addressed to <strong>{{.Email}}</strong> will go to the Mattermost account <strong>@{{.Username}}</strong>.
-Only confirm if @{{.Username}} is your own account.</p>
+<p>Mail addressed to <strong>{{.Email}}</strong> will go to the Mattermost account <strong>@{{.Username}}</strong>{{if .Account}}
+({{.Account}}){{end}}. Only confirm if @{{.Username}} is your own account: whoever has it will read your mail.</p>
 <form method="post" action="/link/confirm">
 <input type="hidden" name="ticket" value="{{.Ticket}}">
 <button type="submit" name="action" value="link">Link to @{{.Username}}</button>

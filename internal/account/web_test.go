@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,11 +43,22 @@ func (u users) User(_ context.Context, id string) (*mattermost.User, error) {
 	return nil, &mattermost.APIError{Op: "get user", Status: 404}
 }
 
+func (u users) UserByEmail(_ context.Context, email string) (*mattermost.User, error) {
+	for _, x := range u {
+		if strings.EqualFold(x.Email, email) {
+			return x, nil
+		}
+	}
+	return nil, &mattermost.APIError{Op: "get user by email", Status: 404}
+}
+
 type env struct {
 	t   testing.TB
 	srv *httptest.Server
 	st  *Store
 	svc *Service
+	mu  sync.Mutex
+	dms []string // "user id: text" sent through Notify
 }
 
 const mmRedirect = "http://mm.test/signup/gitlab/complete"
@@ -79,7 +91,15 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	e.svc = New(Options{Store: e.st, Bridge: b, Issuer: e.srv.URL, Key: []byte("0123456789abcdef0123456789abcdef"), Logger: quiet,
-		Users: users{"uid-bob": {ID: "uid-bob", Username: "bob", Email: "bob@personal.test"}}})
+		Users: users{"uid-bob": {ID: "uid-bob", Username: "bob", FirstName: "Bob", LastName: "Jones", Email: "bob@personal.test"},
+			"uid-carol": {ID: "uid-carol", Username: "carol", Email: "carol@personal.test"},
+			"uid-alice": {ID: "uid-alice", Username: "alice", Email: "alice@corp.test"}},
+		Notify: func(_ context.Context, userID, text string) error {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.dms = append(e.dms, userID+": "+text)
+			return nil
+		}})
 	mux := http.NewServeMux()
 	for p, hh := range b.Routes() {
 		mux.Handle(p, hh)
@@ -173,7 +193,7 @@ func TestLinkFlow(t *testing.T) {
 	link := e.command()
 	c := e.browser()
 	page, _ := e.signIn(c, link)
-	for _, want := range []string{"alice@corp.test", "@bob", "Alice Smith", `value="link"`} {
+	for _, want := range []string{"alice@corp.test", "@bob", "Alice Smith", "(Bob Jones, bob@personal.test)", `value="link"`} {
 		if !strings.Contains(page, want) {
 			t.Fatalf("the confirmation page lacks %q:\n%s", want, page)
 		}
@@ -190,6 +210,14 @@ func TestLinkFlow(t *testing.T) {
 	l, ok, err := e.st.LinkedUser(ctx, "alice@corp.test")
 	if err != nil || !ok || l.UserID != "uid-bob" || l.Subject != "ldap:uuid-alice" {
 		t.Fatalf("link: %+v %v %v", l, ok, err)
+	}
+	// bob is told, and so is the Mattermost account with alice's address.
+	dms := strings.Join(e.dms, "\n")
+	for _, want := range []string{"uid-bob: Mail addressed to alice@corp.test in the directory now comes to you here",
+		"uid-alice: Mail addressed to alice@corp.test now goes to @bob: someone signed in to mmgate as alice@corp.test"} {
+		if !strings.Contains(dms, want) {
+			t.Errorf("no DM %q in:\n%s", want, dms)
+		}
 	}
 	// The link works once.
 	if resp, page := e.do(e.browser(), http.MethodGet, link, nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(page, "already used") {
@@ -303,6 +331,23 @@ func TestLinkRefusals(t *testing.T) {
 		}
 	})
 
+	t.Run("a sign-in that did not ask for the password", func(t *testing.T) {
+		// The link client's flow started by hand, without prompt=login (an
+		// old session would then do): the link page refuses its code.
+		code, _ := e.st.NewCode(ctx, "uid-bob", "bob", time.Minute)
+		c := e.browser()
+		c.Jar.SetCookies(mustURL(e.srv.URL+"/link/"), []*http.Cookie{{Name: linkCookie, Value: "st8." + code, Path: "/link/"}})
+		q := url.Values{"client_id": {ClientID}, "redirect_uri": {e.srv.URL + CallbackPath}, "response_type": {"code"}, "state": {"st8"}}
+		_, page := e.do(c, http.MethodGet, e.srv.URL+"/oauth/authorize?"+q.Encode(), nil)
+		f := fields(page)
+		f.Set("login", "alice")
+		f.Set("password", "pw-alice")
+		resp, page := e.do(c, http.MethodPost, e.srv.URL+"/sso/login", f)
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(page, "not valid any more") || linked() {
+			t.Fatalf("%d at %s\n%s", resp.StatusCode, resp.Request.URL, page)
+		}
+	})
+
 	t.Run("an unknown link", func(t *testing.T) {
 		resp, page := e.do(e.browser(), http.MethodGet, e.srv.URL+"/link/not-a-code", nil)
 		if resp.StatusCode != http.StatusNotFound || !strings.Contains(page, "expired or was already used") {
@@ -348,8 +393,9 @@ func TestLinkWithoutSignInBridge(t *testing.T) {
 func TestSubscribeCommands(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	allowed := map[string]bool{"bob@personal.test": false, "bob@corp.test": true}
-	e.svc.o.Apps = map[string]App{"backup": {DisplayName: "Backups", Subscribable: true}, "jira": {}}
+	allowed := map[string]bool{"bob@corp.test": true}
+	e.svc.o.Apps = map[string]App{"backup": {DisplayName: "Backups", Subscribable: true, Restricted: true},
+		"cron": {Subscribable: true}, "jira": {}}
 	e.svc.o.MayReceive = func(_ context.Context, app, email string) (bool, string, error) {
 		if allowed[email] {
 			return true, "", nil
@@ -357,14 +403,18 @@ func TestSubscribeCommands(t *testing.T) {
 		return false, "not in app " + app + "'s allow group", nil
 	}
 	for _, c := range []struct{ do, want string }{
-		{"subscribe", "Apps you can subscribe to: **Backups** (`backup`)."},
+		{"subscribe", "Apps you can subscribe to: **Backups** (`backup`), `cron`."},
 		{"subscribe jira", "`jira` does not allow subscribing"},
 		{"subscribe nope", "mmgate has no app `nope`."},
-		// bob's Mattermost email is not in the allow group.
-		{"subscribe backup", "You cannot subscribe to **Backups** (`backup`): not in app backup's allow group (checked for bob@personal.test)."},
+		// backup has groups: bob's Mattermost email (which he could change
+		// himself) proves nothing; cron has none.
+		{"subscribe backup", "only reaches some directory groups, so mmgate must know who you are in the directory: prove it with `/mmgate link`"},
+		{"subscribe cron", "Subscribed: every message of `cron`"},
+		// Linked to an address the app's groups exclude.
+		{"link-old-then-subscribe backup", "You cannot subscribe to **Backups** (`backup`): not in app backup's allow group (checked for bob@old.test)."},
 		{"link-then-subscribe backup", "Subscribed: every message of **Backups** (`backup`) now also comes to you"},
 		{"subscribe backup", "You are already subscribed"},
-		{"subscribe", "You are subscribed to **Backups** (`backup`)."},
+		{"subscribe", "You are subscribed to **Backups** (`backup`), `cron`."},
 		{"unsubscribe backup", "Unsubscribed from **Backups**"},
 		{"unsubscribe backup", "You are not subscribed to **Backups**"},
 		{"unsubscribe", "Say which app"},
@@ -374,10 +424,15 @@ func TestSubscribeCommands(t *testing.T) {
 		switch verb {
 		case "subscribe":
 			got = e.svc.Subscribe(ctx, "uid-bob", app)
-		case "link-then-subscribe":
-			// Linked to bob@corp.test, the groups are checked for that.
+		case "link-then-subscribe", "link-old-then-subscribe":
+			// Linked, the groups are checked for the linked address (the
+			// first by email: bob@corp.test once it is there).
+			email := "bob@corp.test"
+			if verb == "link-old-then-subscribe" {
+				email = "bob@old.test"
+			}
 			code, _ := e.st.NewCode(ctx, "uid-bob", "bob", time.Minute)
-			if _, err := e.st.LinkWithCode(ctx, code, Link{Email: "bob@corp.test"}); err != nil {
+			if _, err := e.st.LinkWithCode(ctx, code, Link{Email: email}); err != nil {
 				t.Fatal(err)
 			}
 			got = e.svc.Subscribe(ctx, "uid-bob", app)

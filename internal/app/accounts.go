@@ -22,7 +22,11 @@ func OpenAccounts(ctx context.Context, cfg config.Config) (*account.Store, error
 	if err != nil {
 		return nil, fmt.Errorf("accounts: %w", err)
 	}
-	return account.Open(ctx, db)
+	st, err := account.Open(ctx, db)
+	if err != nil {
+		_ = db.Close()
+	}
+	return st, err
 }
 
 // startAccounts builds what answers /mmgate link, unlink, subscribe and
@@ -31,10 +35,17 @@ func (s *Server) startAccounts(ctx context.Context, cfg config.Config, rel *rela
 	clients map[string]*mattermost.Client, log *slog.Logger) (map[string]http.Handler, error) {
 	apps := map[string]account.App{}
 	for name, a := range cfg.Apps {
-		apps[name] = account.App{DisplayName: a.DisplayName, Subscribable: a.AllowSubscribe}
+		apps[name] = account.App{DisplayName: a.DisplayName, Subscribable: a.AllowSubscribe,
+			Restricted: a.AllowGroup != "" || a.DenyGroup != "" || cfg.Directory.DenyGroup != ""}
 	}
-	o := account.Options{Store: s.accounts, Users: anyClient(clients), Apps: apps, MayReceive: rel.MayReceive, Logger: log}
-	if s.bridge != nil {
+	users := anyClient(clients)
+	o := account.Options{Store: s.accounts, Users: users, Apps: apps, MayReceive: rel.MayReceive, Notify: users.notify, Logger: log}
+	switch {
+	case s.bridge != nil && cfg.SSO.Upstream == "oidc" && cfg.SSO.OIDC.AllowUnverifiedEmail:
+		// Anyone could then claim an address they do not own.
+		o.Off = "sso.oidc.allow_unverified_email is on, so a sign-in does not prove that an email address is yours. " +
+			"Ask your Mattermost admin to give your account your directory email address instead."
+	case s.bridge != nil:
 		key, err := s.sharedKey(ctx, "account_link_key")
 		if err != nil {
 			return nil, err
@@ -62,11 +73,37 @@ func anyClient(clients map[string]*mattermost.Client) usersByID {
 // usersByID asks Mattermost for users with an app bot's token.
 type usersByID struct{ c *mattermost.Client }
 
+var errNoBot = errors.New("no app bot to ask Mattermost with")
+
 func (u usersByID) User(ctx context.Context, id string) (*mattermost.User, error) {
 	if u.c == nil {
-		return nil, errors.New("no app bot to ask Mattermost with")
+		return nil, errNoBot
 	}
 	return u.c.User(ctx, id)
+}
+
+func (u usersByID) UserByEmail(ctx context.Context, email string) (*mattermost.User, error) {
+	if u.c == nil {
+		return nil, errNoBot
+	}
+	return u.c.UserByEmail(ctx, email)
+}
+
+// notify sends userID a direct message from the bot.
+func (u usersByID) notify(ctx context.Context, userID, text string) error {
+	if u.c == nil {
+		return errNoBot
+	}
+	me, err := u.c.Me(ctx)
+	if err != nil {
+		return err
+	}
+	ch, err := u.c.DirectChannel(ctx, me.ID, userID)
+	if err != nil {
+		return err
+	}
+	_, err = u.c.CreatePost(ctx, &mattermost.Post{ChannelID: ch.ID, Message: text})
+	return err
 }
 
 // sharedKey is a 32-byte key kept in the secret store under name, made on

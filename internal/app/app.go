@@ -109,6 +109,7 @@ type Server struct {
 	accounts      *account.Store
 	tokens        map[string]string // app → the bot token its client has
 	tokensMu      sync.Mutex
+	tokensErr     string // the last reload's error, said once
 	stopTokens    context.CancelFunc
 	accountSvc    *account.Service
 	bridge        *sso.Bridge
@@ -139,21 +140,28 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		s.closeSecrets()
 		return nil, err
 	}
+	// Until the spool is open, a failure closes what is open so far.
+	early := func(err error) (*Server, error) {
+		s.closeSecrets()
+		if s.accounts != nil {
+			_ = s.accounts.Close()
+		}
+		if c, ok := s.dir.(interface{ Close() error }); ok && c != nil {
+			_ = c.Close()
+		}
+		return nil, err
+	}
 	// One directory (its connection pool and caches) serves delivery, the
 	// sign-in bridge and approvals.
 	if s.dir, err = OpenDirectory(cfg); err != nil {
-		s.closeSecrets()
-		return nil, err
+		return early(err)
 	}
 	if s.accounts, err = OpenAccounts(ctx, cfg); err != nil {
-		s.closeSecrets()
-		return nil, err
+		return early(err)
 	}
 	rel, clients, err := buildRelay(cfg, spill, tokens, s.dir, s.accounts, log.With("component", "relay"))
 	if err != nil {
-		s.closeSecrets()
-		_ = s.accounts.Close()
-		return nil, err
+		return early(err)
 	}
 	s.clients = clients
 	s.tokens = tokens
@@ -170,8 +178,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 		if a.SMTP.Password.IsSet() {
 			pw, err := a.SMTP.Password.Resolve()
 			if err != nil {
-				s.closeSecrets()
-				return nil, fmt.Errorf("apps.%s.smtp.password: %w", name, err)
+				return early(fmt.Errorf("apps.%s.smtp.password: %w", name, err))
 			}
 			creds = append(creds, smtpintake.Credential{Username: a.SMTPUsername(name), Password: pw, App: name})
 		}
@@ -179,15 +186,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for i, rc := range cfg.SMTP.RelayCredentials {
 		pw, err := rc.Password.Resolve()
 		if err != nil {
-			s.closeSecrets()
-			return nil, fmt.Errorf("smtp.relay_credentials[%d].password: %w", i, err)
+			return early(fmt.Errorf("smtp.relay_credentials[%d].password: %w", i, err))
 		}
 		creds = append(creds, smtpintake.Credential{Username: rc.Username, Password: pw})
 	}
 	sp, err := OpenSpool(ctx, cfg, rel, log.With("component", "spool"))
 	if err != nil {
-		s.closeSecrets()
-		return nil, err
+		return early(err)
 	}
 	s.spool = sp
 	rel.SetSpool(sp)
@@ -485,9 +490,15 @@ func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	acc, err := OpenAccounts(context.Background(), cfg)
-	if err != nil {
-		return nil, err
+	// The links and subscriptions, when serve has made them: explain never
+	// creates a file serve would then find owned by whoever ran explain.
+	var acc relay.Accounts
+	if _, err := os.Stat(filepath.Join(filepath.Dir(cfg.SpoolPath()), "accounts.db")); cfg.Spool.Driver == "postgres" || err == nil {
+		st, err := OpenAccounts(context.Background(), cfg)
+		if err != nil {
+			return nil, err
+		}
+		acc = st
 	}
 	rel, _, err := buildRelay(cfg, os.TempDir(), tokens, dir, acc, log)
 	return rel, err

@@ -68,6 +68,7 @@ func (s *Server) startApprovals(ctx context.Context, cfg config.Config, clients 
 	}
 	o := approval.Options{Store: st, MM: clients[cfg.Approvals.App], SigningKey: key, PublicURL: cfg.HTTP.PublicURL,
 		SiteURL: cfg.Mattermost.URL, Clients: cls, Logger: log}
+	o.Links = s.accounts
 	if gd, ok := s.dir.(approval.Directory); ok && cfg.Directory.LDAP != nil {
 		o.Directory = gd
 	}

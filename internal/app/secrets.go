@@ -213,12 +213,20 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 // token file now holds), and says which changed.
 func (s *Server) reloadTokens(ctx context.Context, cfg config.Config) {
 	toks, err := BotTokens(ctx, cfg, s.secretStore)
-	if err != nil {
-		s.log.Warn("reloading the bot tokens", "err", err)
-		return
-	}
 	s.tokensMu.Lock()
 	defer s.tokensMu.Unlock()
+	// Said once when reading fails, and once when it works again.
+	switch {
+	case err != nil && err.Error() != s.tokensErr:
+		s.log.Warn("reloading the bot tokens (the running ones stay in use)", "err", err)
+		s.tokensErr = err.Error()
+	case err == nil && s.tokensErr != "":
+		s.log.Info("the bot tokens can be read again")
+		s.tokensErr = ""
+	}
+	if err != nil {
+		return
+	}
 	if s.tokens == nil {
 		s.tokens = map[string]string{}
 	}

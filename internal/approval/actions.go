@@ -265,22 +265,39 @@ func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User
 			return nil
 		}
 	}
-	if len(a.Request.Reviewers.Groups) > 0 && s.o.Directory != nil && u.Email != "" {
-		p, err := s.o.Directory.Lookup(ctx, u.Email)
-		switch {
-		case err == nil:
-			gs, err := s.o.Directory.FreshGroups(ctx, p)
+	if len(a.Request.Reviewers.Groups) > 0 && s.o.Directory != nil {
+		// The addresses the account proved with /mmgate link, then its
+		// Mattermost email.
+		var addrs []string
+		if s.o.Links != nil {
+			links, err := s.o.Links.LinksOf(ctx, u.ID)
 			if err != nil {
+				return fmt.Errorf("reading the account's links: %w", err)
+			}
+			for _, l := range links {
+				addrs = append(addrs, l.Email)
+			}
+		}
+		if u.Email != "" {
+			addrs = append(addrs, u.Email)
+		}
+		for _, addr := range addrs {
+			p, err := s.o.Directory.Lookup(ctx, addr)
+			switch {
+			case err == nil:
+				gs, err := s.o.Directory.FreshGroups(ctx, p)
+				if err != nil {
+					return fmt.Errorf("the directory did not answer: %w", err)
+				}
+				for _, g := range a.Request.Reviewers.Groups {
+					if _, ok := gs.Has(g); ok {
+						return nil
+					}
+				}
+			case !errors.Is(err, directory.ErrNotFound):
+				// Down is not "not a reviewer": the person may try again.
 				return fmt.Errorf("the directory did not answer: %w", err)
 			}
-			for _, g := range a.Request.Reviewers.Groups {
-				if _, ok := gs.Has(g); ok {
-					return nil
-				}
-			}
-		case !errors.Is(err, directory.ErrNotFound):
-			// Down is not "not a reviewer": the person may try again.
-			return fmt.Errorf("the directory did not answer: %w", err)
 		}
 	}
 	if a.ChannelID != "" && len(a.Request.Reviewers.Users) == 0 && len(a.Request.Reviewers.Groups) == 0 {

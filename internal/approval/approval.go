@@ -26,6 +26,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/mmgate/mmgate/internal/account"
 	"github.com/mmgate/mmgate/internal/directory"
 	"github.com/mmgate/mmgate/internal/mattermost"
 )
@@ -149,6 +150,11 @@ type Directory interface {
 	FreshGroups(ctx context.Context, p directory.Person) (directory.Groups, error)
 }
 
+// Links are the links people made with /mmgate link (account.Store).
+type Links interface {
+	LinksOf(ctx context.Context, userID string) ([]account.Link, error)
+}
+
 // Client is a system allowed to ask for approvals.
 type Client struct {
 	Name string
@@ -166,6 +172,10 @@ type Options struct {
 	Store     *Store
 	MM        Mattermost
 	Directory Directory
+	// Links, when set, gives the directory addresses a Mattermost account
+	// proved with /mmgate link: a reviewer whose Mattermost email is not
+	// the directory's is recognised by them.
+	Links Links
 	// SigningKey signs the buttons' tokens (at least 32 bytes).
 	SigningKey []byte
 	// PublicURL is mmgate's address as Mattermost reaches it.

@@ -16,6 +16,9 @@ type Person struct {
 	Username    string // Mattermost username when known, else ""
 	DisplayName string
 	DN          string // distinguished name in an LDAP directory, else ""
+	// ID is the entry's permanent id in an LDAP directory (entryUUID, or
+	// objectGUID as hex), else "".
+	ID string
 	// Addresses are every address the entry has (the primary first).
 	Addresses []string
 	// MemberOf are the groups the entry itself lists (memberOf), when the

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"html/template"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,7 +108,7 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 				switch {
 				case fault.Is(err, fault.Unauthorized):
 					status, code = http.StatusForbidden, "admin_token_refused"
-				case strings.HasPrefix(fault.CodeOf(err), "mattermost_un") || fault.CodeOf(err) == "mattermost_rate_limited":
+				case slices.Contains([]string{"mattermost_unavailable", "mattermost_unreachable", "mattermost_rate_limited"}, fault.CodeOf(err)):
 					status, code = http.StatusServiceUnavailable, "mattermost_unavailable"
 				}
 				WriteJSON(w, status, map[string]any{"success": false, "code": code, "message": err.Error(), "report": report})

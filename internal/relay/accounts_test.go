@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/account"
+	"github.com/mmgate/mmgate/internal/directory"
+	"github.com/mmgate/mmgate/internal/mattermost"
 	"github.com/mmgate/mmgate/internal/spool"
 	"github.com/mmgate/mmgate/internal/sqldb"
 )
@@ -163,12 +165,18 @@ func TestSubscribersPassTheAppsGroups(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// dave subscribed without a proven address; the link his account holds
+	// now (to bob's entry, in the allow group) is what counts.
+	if _, err := st.Subscribe(context.Background(), account.Subscriber{App: "jira", UserID: "uid-dave", Username: "dave"}); err != nil {
+		t.Fatal(err)
+	}
+	link(t, st, "bob@corp.test", "uid-dave", "dave")
 	if out := h.handle("g1", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("groups", "x")); out.Kind != spool.OutcomePosted {
 		t.Fatalf("%+v", out)
 	}
 	got := channels(h)
-	if len(got) != 2 || got["dm-uid-alice"] != 1 || got["dm-uid-bob"] != 1 {
-		t.Fatalf("want alice and bob (in the allow group) only, got %v", got)
+	if len(got) != 3 || got["dm-uid-alice"] != 1 || got["dm-uid-bob"] != 1 || got["dm-uid-dave"] != 1 {
+		t.Fatalf("want alice, bob and dave (allowed through his link) only, got %v", got)
 	}
 	hist := strings.Join(h.sp.events, "\n")
 	for _, want := range []string{"subscriber @erin: skipped, not in app jira's allow group", "subscriber @carol: skipped, in app jira's deny group"} {
@@ -180,5 +188,46 @@ func TestSubscribersPassTheAppsGroups(t *testing.T) {
 		if ok, why, err := h.r.MayReceive(context.Background(), "jira", email); err != nil || ok != want || (!ok && why == "") {
 			t.Errorf("MayReceive(%s) = %v %q %v, want %v with a reason", email, ok, why, err, want)
 		}
+	}
+}
+
+func TestLinkOfAReusedAddressIsIgnored(t *testing.T) {
+	h := newHarness(t)
+	st := accountStore(t)
+	h.r.o.Accounts = st
+	// zed@corp.test now belongs to the entry uuid-new; the link was made by
+	// the person who had it before (uuid-old).
+	h.r.o.Directory = &groupDir{people: map[string]directory.Person{
+		"zed@corp.test": {Email: "zed@corp.test", DN: "uid=zed,dc=x", ID: "uuid-new", Source: "test"}}}
+	code, _ := st.NewCode(context.Background(), "uid-bob", "bob", time.Minute)
+	if _, err := st.LinkWithCode(context.Background(), code, account.Link{Email: "zed@corp.test", Subject: "ldap:uuid-old"}); err != nil {
+		t.Fatal(err)
+	}
+	out := h.handle("r1", "jira-svc@tools.test", []string{"zed@corp.test"}, mkMail("reused", "x"))
+	if out.Kind != spool.OutcomeQuarantine || len(h.mm.posts) != 0 {
+		t.Fatalf("the old owner's link was used: %+v, %d posts", out, len(h.mm.posts))
+	}
+	if hist := strings.Join(h.sp.events, "\n"); !strings.Contains(hist, "was made by another directory entry (ldap:uuid-old): ignored") {
+		t.Errorf("history:\n%s", hist)
+	}
+	code, _ = st.NewCode(context.Background(), "uid-bob", "bob", time.Minute)
+	if _, err := st.LinkWithCode(context.Background(), code, account.Link{Email: "zed@corp.test", Subject: "ldap:uuid-new"}); err != nil {
+		t.Fatal(err)
+	}
+	if out := h.handle("r2", "jira-svc@tools.test", []string{"zed@corp.test"}, mkMail("relinked", "x")); out.Kind != spool.OutcomePosted || channels(h)["dm-uid-bob"] != 1 {
+		t.Fatalf("the new owner's link: %+v %v", out, channels(h))
+	}
+}
+
+func TestRefusedBotTokenWaits(t *testing.T) {
+	h := newHarness(t)
+	h.mm.failWith = &mattermost.APIError{Op: "create post", Status: 401, ID: "api.context.session_expired.app_error"}
+	out := h.handle("t1", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("token", "x"))
+	if out.Kind != spool.OutcomeRetry || !strings.Contains(out.Reason, "bot token") {
+		t.Fatalf("a refused bot token must wait, not quarantine: %+v", out)
+	}
+	h.mm.failWith = nil
+	if out := h.handle("t1", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("token", "x")); out.Kind != spool.OutcomePosted {
+		t.Fatalf("after the token is fixed: %+v", out)
 	}
 }

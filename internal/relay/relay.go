@@ -75,6 +75,8 @@ type GroupDirectory interface {
 // Accounts are the links and subscriptions people made with /mmgate.
 type Accounts interface {
 	LinkedUser(ctx context.Context, email string) (account.Link, bool, error)
+	// LinkOf is the link a Mattermost account holds, if any.
+	LinkOf(ctx context.Context, userID string) (account.Link, bool, error)
 	Subscribers(ctx context.Context, app string) ([]account.Subscriber, error)
 }
 
@@ -461,11 +463,11 @@ func (r *Relay) destinations(ctx context.Context, app *App, recipients []string,
 			}
 			u := res.user
 			key := "dm:" + u.name
-			if seen[key] {
+			if seen[key] || seen["id:"+u.id] {
 				note("recipient", "%s: @%s already receives this message", rc, u.name)
 				continue
 			}
-			seen[key] = true
+			seen[key], seen["id:"+u.id] = true, true
 			chID := "(direct channel, not created by explain)"
 			if !dry {
 				if chID, err = r.directChannel(ctx, app, botID, u.id); err != nil {
@@ -607,6 +609,12 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 			if err != nil {
 				return res, err
 			}
+			if ok && p.ID != "" && strings.HasPrefix(l.Subject, "ldap:") && l.Subject != "ldap:"+p.ID {
+				// The address now belongs to another entry than the one
+				// that signed in to link it (a reused address).
+				res.lines = append(res.lines, fmt.Sprintf("the link of %s to @%s was made by another directory entry (%s): ignored", l.Email, l.Username, l.Subject))
+				continue
+			}
 			if ok {
 				if !strings.HasPrefix(how, "directory: ") {
 					how = ""
@@ -687,12 +695,24 @@ func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, 
 		return nil, err
 	}
 	for _, sub := range subs {
+		// A subscriber's own trouble that retrying cannot mend skips that
+		// subscriber, noted; it never holds the message back from the others.
+		final := func(err error) bool { return err != nil && !fault.Is(err, fault.Temporary) }
 		var lines []string
-		why, ok, err := r.mayReceive(ctx, app, sub.Email, &lines)
-		if err != nil {
+		email := sub.Email
+		if l, ok, err := r.o.Accounts.LinkOf(ctx, sub.UserID); err != nil {
 			return nil, err
+		} else if ok {
+			email = l.Email // the identity proven now, not the one at subscribe time
 		}
-		if !ok {
+		why, ok, err := r.mayReceive(ctx, app, email, &lines)
+		switch {
+		case final(err):
+			note("recipient", "subscriber @%s: skipped, %v", sub.Username, err)
+			continue
+		case err != nil:
+			return nil, err
+		case !ok:
 			note("recipient", "subscriber @%s: skipped, %s", sub.Username, why)
 			continue
 		}
@@ -703,6 +723,9 @@ func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, 
 		case mattermost.IsNotFound(err):
 			note("recipient", "subscriber @%s: skipped, the Mattermost account no longer exists", sub.Username)
 			continue
+		case final(err):
+			note("recipient", "subscriber @%s: skipped, %v", sub.Username, err)
+			continue
 		case err != nil:
 			return nil, err
 		case deactivated:
@@ -710,14 +733,17 @@ func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, 
 			continue
 		}
 		key := "dm:" + c.name
-		if seen[key] {
+		if seen[key] || seen["id:"+c.id] {
 			note("recipient", "subscriber @%s already receives this message", c.name)
 			continue
 		}
-		seen[key] = true
+		seen[key], seen["id:"+c.id] = true, true
 		chID := "(direct channel, not created by explain)"
 		if !dry {
-			if chID, err = r.directChannel(ctx, app, botID, c.id); err != nil {
+			if chID, err = r.directChannel(ctx, app, botID, c.id); final(err) {
+				note("recipient", "subscriber @%s: skipped, %v", c.name, err)
+				continue
+			} else if err != nil {
 				return nil, err
 			}
 		}
@@ -906,6 +932,11 @@ func quarantine(code, reason string) spool.Outcome {
 func failure(err error) spool.Outcome {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || mattermost.Retryable(err) {
 		return retry(err)
+	}
+	if mattermost.IsUnauthorized(err) {
+		// The bot's token, not the message: it waits (the token is read
+		// again every 15 seconds) rather than going to quarantine.
+		return retry(fmt.Errorf("Mattermost does not accept the app's bot token (fix apps.NAME.bot_token or run `mmgate mattermost setup`; running instances read tokens again every 15 s): %w", err))
 	}
 	var ae *mattermost.APIError
 	if errors.As(err, &ae) {

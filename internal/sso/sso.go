@@ -916,7 +916,8 @@ func (l *limiter) get(now time.Time, key string, n int) *bucket {
 
 // ------------------------------------------------------------ mmgate's own pages
 
-// Redeem exchanges a code given to one of mmgate's own pages for the person
+// Redeem exchanges a code given to one of mmgate's own pages (which always
+// send prompt=login) for the person
 // who signed in. The page is a client registered in Options.Clients whose
 // secret nobody else knows, so it needs no token: the code is checked
 // against that client and its redirect URI and used up exactly as the token
@@ -926,7 +927,9 @@ func (b *Bridge) Redeem(ctx context.Context, clientID, redirectURI, code string)
 	if err != nil {
 		return Identity{}, err
 	}
-	if req.ClientID != clientID || req.RedirectURI != redirectURI || req.Identity == 0 {
+	// mmgate's own pages always ask for the password (prompt=login): a
+	// request without it did not come from them.
+	if req.ClientID != clientID || req.RedirectURI != redirectURI || req.Identity == 0 || !req.forcesLogin() {
 		return Identity{}, ErrNotFound
 	}
 	// The token row only marks the code used; it expires at once.

@@ -28,9 +28,12 @@ var (
 // link, opens the link, signs in with her directory password and confirms:
 // the quarantined message, released, reaches her, as does new mail. She
 // subscribes to jira (allowed: her linked identity is in jira-users) and
-// gets a copy of alice's mail, once; bob cannot subscribe (his Mattermost
-// email is not in the directory, so the allow group cannot be checked).
+// gets a copy of alice's mail, once; bob cannot subscribe (jira has groups,
+// and he has not proven who he is in the directory: his Mattermost email,
+// which he could change himself, proves nothing).
 // After unsubscribe and unlink, she gets neither.
+const linkbotKey = "linkbot-api-key-0123456789"
+
 func TestLinkAndSubscribeThroughMattermost(t *testing.T) {
 	s := setup(t)
 	l := startLDAP(t, s)
@@ -54,7 +57,7 @@ func TestLinkAndSubscribeThroughMattermost(t *testing.T) {
 		Directory: fmt.Sprintf("{ldap: {urls: ['ldap://127.0.0.1:%d'], bind_dn: '%s', bind_password: 'file:%s', base_dn: '%s', timeout: 3s}}",
 			l.port, ldapAdmin, pwFile, ldapBase),
 		Jira:  "    allow_subscribe: true\n    allow_group: 'cn=jira-users," + ldapGroups + "'\n",
-		Extra: ssoYAML("ldap"),
+		Extra: ssoYAML("ldap") + "approvals:\n  app: jira\n  clients:\n    linkbot: {api_key: '" + linkbotKey + "'}\n",
 	})
 	if err := os.WriteFile(filepath.Join(g.dir, "client.secret"), []byte("client-secret-"+n+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -144,6 +147,19 @@ func TestLinkAndSubscribeThroughMattermost(t *testing.T) {
 	if links := g.mustCLI("accounts", "links"); !strings.Contains(links, carolDir) || !strings.Contains(links, "@"+carolName) {
 		t.Fatalf("mmgate accounts links:\n%s", links)
 	}
+	// carol is told, by the app's bot.
+	eventually(t, waitFor, "the DM telling carol of the link", func() (bool, string) {
+		ps, err := carol.c.postsSince(carol.dm, since)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range ps {
+			if strings.Contains(p.Message, "Mail addressed to "+carolDir+" in the directory now comes to you here") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d posts", len(ps))
+	})
 	// The link was used up.
 	if resp, _ := newBrowser(t).get(link); resp.StatusCode != 404 {
 		t.Errorf("the used link opened again: %d", resp.StatusCode)
@@ -157,9 +173,24 @@ func TestLinkAndSubscribeThroughMattermost(t *testing.T) {
 	}
 	carol.waitPosts(t, g, since, send(carolDir, "after-link"), 1)
 
+	// An approval for the jira-users group: carol's Mattermost email is not
+	// in the directory, her link is, and it makes her a reviewer.
+	var a approvalDoc
+	if st := approvalAPI(t, g, linkbotKey, "POST", "/api/v1/approvals", map[string]any{"requester": "alice", "what": "Linked reviewer " + n,
+		"reviewers": map[string]any{"groups": []string{"cn=jira-users," + ldapGroups}, "channel": s.team + "/town-square"}}, &a); st != 201 || len(a.Posts) != 1 {
+		t.Fatalf("create: %d %+v", st, a)
+	}
+	if st := clickAction(t, s.carol, a.Posts[0].PostID, "approve"); st != 200 {
+		t.Fatalf("carol's click: %d", st)
+	}
+	var decided approvalDoc
+	if st := approvalAPI(t, g, linkbotKey, "GET", "/api/v1/approvals/"+a.ID+"?wait=20s", nil, &decided); st != 200 || decided.State != "approved" {
+		t.Fatalf("carol, a reviewer through her link, did not approve: %d %+v\n%s", st, decided, g.mustCLI("approvals", "audit", a.ID))
+	}
+
 	// Subscriptions: the app's allow group decides who may.
-	if got := slash(t, s, s.bob, "subscribe jira"); !strings.Contains(got, "You cannot subscribe") || !strings.Contains(got, "not in the LDAP directory") {
-		t.Errorf("bob (not in the directory under his Mattermost email) subscribed: %q", got)
+	if got := slash(t, s, s.bob, "subscribe jira"); !strings.Contains(got, "prove it with `/mmgate link`") {
+		t.Errorf("bob (no link; his Mattermost email proves nothing) subscribed to an app with groups: %q", got)
 	}
 	if got := slash(t, s, s.carol, "subscribe jira"); !strings.Contains(got, "Subscribed") {
 		t.Fatalf("/mmgate subscribe jira as carol: %q", got)

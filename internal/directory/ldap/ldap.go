@@ -296,7 +296,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 	}
 	or.WriteString(")")
 	filter := "(&" + d.cfg.UserFilter + or.String() + ")"
-	attrs := append([]string{d.cfg.DisplayNameAttribute, "cn", "memberOf"}, mailAttrs...)
+	attrs := append([]string{d.cfg.DisplayNameAttribute, "cn", "memberOf", "entryUUID", "objectGUID"}, mailAttrs...)
 	if d.cfg.UsernameAttribute != "" {
 		attrs = append(attrs, d.cfg.UsernameAttribute)
 	}
@@ -316,7 +316,7 @@ func (d *Directory) lookup(ctx context.Context, addr string) (personResult, erro
 		return personResult{err: fmt.Errorf("%w: %s", directory.ErrAmbiguous, strings.Join(dns, "; "))}, nil
 	}
 	e := entries[0]
-	p := directory.Person{DN: e.DN, Source: fmt.Sprintf("LDAP %s entry %s", server, e.DN)}
+	p := directory.Person{DN: e.DN, ID: entryID(e), Source: fmt.Sprintf("LDAP %s entry %s", server, e.DN)}
 	p.Addresses = addresses(e, mailAttrs)
 	if len(p.Addresses) > 0 {
 		p.Email = p.Addresses[0]

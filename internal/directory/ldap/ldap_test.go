@@ -369,6 +369,10 @@ func TestAuthenticateByUsernameOrEmail(t *testing.T) {
 		}
 		first = a
 	}
+	// Delivery's lookup gives the same permanent id (links check it).
+	if p, err := d.Lookup(ctx, "alice@corp.test"); err != nil || p.ID != first.ID {
+		t.Errorf("Lookup's id %q (%v), sign-in's %q", p.ID, err, first.ID)
+	}
 	for _, bad := range []struct{ login, pw string }{
 		{"alice", "wrong"}, {"alice", ""}, {"nobody", "pa55word"}, {"", "x"},
 		{"alic*", "pa55word"}, {"twin@corp.test", "twinpass"}, // a filter wildcard is escaped; an address two people share signs nobody in
