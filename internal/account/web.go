@@ -72,16 +72,25 @@ func (s *Service) flow(r *http.Request) (state, code string, ok bool) {
 	return state, code, ok && state != "" && code != ""
 }
 
-func (s *Service) start(w http.ResponseWriter, r *http.Request) {
-	code := r.PathValue("code")
+// pending reads whom an unused link code is for, or answers the page.
+func (s *Service) pending(w http.ResponseWriter, r *http.Request, code string) (Pending, bool) {
 	p, err := s.o.Store.PeekCode(r.Context(), code)
 	if errors.Is(err, ErrNotFound) {
 		s.page(w, http.StatusNotFound, linkData{Notice: "This link has expired or was already used. Type “/mmgate link” in Mattermost for a new one."})
-		return
+		return p, false
 	}
 	if err != nil {
 		s.o.Logger.Error("accounts: reading a link code", "err", err)
 		s.page(w, http.StatusServiceUnavailable, linkData{Notice: "mmgate cannot read this link right now. Try again in a minute."})
+		return p, false
+	}
+	return p, true
+}
+
+func (s *Service) start(w http.ResponseWriter, r *http.Request) {
+	code := r.PathValue("code")
+	p, ok := s.pending(w, r, code)
+	if !ok {
 		return
 	}
 	b := make([]byte, 18)
@@ -144,14 +153,8 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusUnauthorized, linkData{Notice: "You did not sign in, so nothing was linked. Open the link from “/mmgate link” to try again."})
 		return
 	}
-	p, err := s.o.Store.PeekCode(r.Context(), code)
-	if errors.Is(err, ErrNotFound) {
-		s.page(w, http.StatusNotFound, linkData{Notice: "This link has expired or was already used. Type “/mmgate link” in Mattermost for a new one."})
-		return
-	}
-	if err != nil {
-		s.o.Logger.Error("accounts: reading a link code", "err", err)
-		s.page(w, http.StatusServiceUnavailable, linkData{Notice: "mmgate cannot read this link right now. Try again in a minute."})
+	p, ok := s.pending(w, r, code)
+	if !ok {
 		return
 	}
 	id, err := s.o.Bridge.Redeem(r.Context(), ClientID, s.o.Issuer+CallbackPath, q.Get("code"))

@@ -312,7 +312,10 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	}
 	tctx, stopTokens := context.WithCancel(context.Background())
 	s.stopTokens = stopTokens
-	go s.watchTokens(tctx, cfg, 15*time.Second)
+	// The bot tokens are read again, so that `mmgate mattermost setup` run
+	// from the command line or on another replica, or a rotated token file,
+	// takes effect without a restart.
+	go every(tctx, 15*time.Second, func(ctx context.Context) { s.reloadTokens(ctx, cfg) })
 	spoolAt := cfg.SpoolPath()
 	if cfg.Spool.Driver == "postgres" {
 		spoolAt = "postgres (spool.dsn)"

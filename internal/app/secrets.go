@@ -241,18 +241,16 @@ func (s *Server) reloadTokens(ctx context.Context, cfg config.Config) {
 	}
 }
 
-// watchTokens reloads the bot tokens every interval until ctx ends, so that
-// `mmgate mattermost setup` run from the command line or on another
-// replica, or a rotated token file, takes effect without a restart.
-func (s *Server) watchTokens(ctx context.Context, cfg config.Config, every time.Duration) {
-	t := time.NewTicker(every)
+// every runs f every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func(context.Context)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.reloadTokens(ctx, cfg)
+			f(ctx)
 		}
 	}
 }

@@ -131,19 +131,10 @@ func (s *Server) startSSO(ctx context.Context, cfg config.Config, log *slog.Logg
 	s.bridge = b
 	pctx, cancel := context.WithCancel(context.Background())
 	s.stopSSO = cancel
-	go func() {
-		t := time.NewTicker(10 * time.Minute)
-		defer t.Stop()
-		for {
-			select {
-			case <-pctx.Done():
-				return
-			case <-t.C:
-				if err := b.Purge(pctx); err != nil {
-					log.Warn("sso: purging expired sign-ins", "err", err)
-				}
-			}
+	go every(pctx, 10*time.Minute, func(ctx context.Context) {
+		if err := b.Purge(ctx); err != nil {
+			log.Warn("sso: purging expired sign-ins", "err", err)
 		}
-	}()
+	})
 	return b.Routes(), nil
 }
