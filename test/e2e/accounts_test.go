@@ -198,6 +198,10 @@ func TestLinkAndSubscribeThroughMattermost(t *testing.T) {
 	if got := slash(t, s, s.carol, "subscribe"); !strings.Contains(got, "You are subscribed to `jira`") {
 		t.Errorf("/mmgate subscribe (list): %q", got)
 	}
+	if subs := g.mustCLI("accounts", "subscriptions"); !strings.Contains(subs, "jira") || !strings.Contains(subs, "@"+carolName) ||
+		!strings.Contains(subs, carolDir) {
+		t.Errorf("mmgate accounts subscriptions:\n%s", subs)
+	}
 	since = time.Now()
 	toAlice := send("alice@"+mailDomain, "subscribed")
 	alice.waitPosts(t, g, since, toAlice, 1)
