@@ -38,19 +38,22 @@ func newB64Reader(r io.Reader) *b64Reader {
 	return &b64Reader{r: r, in: make([]byte, 32*1024), out: make([]byte, 0, 24*1024+3)}
 }
 
-func (d *b64Reader) flushQuad() {
+// flushQuad decodes a partial quad (before "=" or at the end) into out at
+// o, and returns the new length.
+func (d *b64Reader) flushQuad(out []byte, o int) int {
 	q := d.quad
 	switch d.nq {
 	case 1:
 		d.dropped++
 	case 2:
-		d.out = append(d.out, q[0]<<2|q[1]>>4)
+		out[o] = q[0]<<2 | q[1]>>4
+		o++
 	case 3:
-		d.out = append(d.out, q[0]<<2|q[1]>>4, q[1]<<4|q[2]>>2)
-	case 4:
-		d.out = append(d.out, q[0]<<2|q[1]>>4, q[1]<<4|q[2]>>2, q[2]<<6|q[3])
+		out[o], out[o+1] = q[0]<<2|q[1]>>4, q[1]<<4|q[2]>>2
+		o += 2
 	}
 	d.nq = 0
+	return o
 }
 
 func (d *b64Reader) Read(p []byte) (int, error) {
@@ -58,31 +61,40 @@ func (d *b64Reader) Read(p []byte) (int, error) {
 		if d.err != nil {
 			return 0, d.err
 		}
-		d.out = d.out[:0]
+		// out holds what one read decodes: 3 bytes per 4 characters, plus
+		// the at most 3 characters left from the read before.
+		out := d.out[:cap(d.out)]
+		o := 0
 		d.outPos = 0
 		n, err := d.r.Read(d.in)
+		q, nq := &d.quad, d.nq
 		for _, c := range d.in[:n] {
-			v := b64Table[c]
-			if v != 0xFF {
-				d.quad[d.nq] = v
-				d.nq++
-				if d.nq == 4 {
-					d.flushQuad()
+			if v := b64Table[c]; v != 0xFF {
+				q[nq] = v
+				nq++
+				if nq == 4 {
+					out[o], out[o+1], out[o+2] = q[0]<<2|q[1]>>4, q[1]<<4|q[2]>>2, q[2]<<6|q[3]
+					o += 3
+					nq = 0
 				}
 				continue
 			}
 			switch c {
 			case '=':
-				d.flushQuad()
+				d.nq = nq
+				o = d.flushQuad(out, o)
+				nq = 0
 			case ' ', '\t', '\r', '\n':
 			default:
 				d.noise++
 			}
 		}
+		d.nq = nq
 		if err != nil {
-			d.flushQuad()
+			o = d.flushQuad(out, o)
 			d.err = err
 		}
+		d.out = out[:o]
 	}
 	n := copy(p, d.out[d.outPos:])
 	d.outPos += n

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
@@ -336,16 +338,9 @@ func (s *Spool) LedgerIntent(ctx context.Context, msgID, dest, part, channelID s
 	if dest == "" || part == "" {
 		return fault.New(fault.Invalid, "bad_ledger_key", "ledger dest and part are required")
 	}
-	return s.withTx(ctx, func(tx txn) error {
-		ok, err := sqlMessageExists(ctx, tx, msgID)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return notFound(msgID)
-		}
-		return sqlLedgerIntent(ctx, tx, msgID, dest, part, channelID, s.now())
-	})
+	// One statement: the ledger's foreign key answers for a message that
+	// is gone (deleted meanwhile), without a transaction around a lookup.
+	return ledgerErr(msgID, sqlLedgerIntent(ctx, s.q, msgID, dest, part, channelID, s.now()))
 }
 
 // LedgerDone records the post id of (message, destination, part). Recording
@@ -355,24 +350,29 @@ func (s *Spool) LedgerDone(ctx context.Context, msgID, dest, part, postID string
 	if dest == "" || part == "" || postID == "" {
 		return fault.New(fault.Invalid, "bad_ledger_key", "ledger dest, part and post id are required")
 	}
-	return s.withTx(ctx, func(tx txn) error {
-		ok, err := sqlMessageExists(ctx, tx, msgID)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return notFound(msgID)
-		}
-		ok, err = sqlLedgerDone(ctx, tx, msgID, dest, part, postID, s.now())
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fault.New(fault.Conflict, "ledger_conflict",
-				fmt.Sprintf("%s %s of message %s already has another post", dest, part, msgID))
-		}
+	ok, err := sqlLedgerDone(ctx, s.q, msgID, dest, part, postID, s.now())
+	if err != nil {
+		return ledgerErr(msgID, err)
+	}
+	if !ok {
+		return fault.New(fault.Conflict, "ledger_conflict",
+			fmt.Sprintf("%s %s of message %s already has another post", dest, part, msgID))
+	}
+	return nil
+}
+
+// ledgerErr maps a ledger write's error: a foreign key violation means the
+// message does not exist (any more).
+func ledgerErr(msgID string, err error) error {
+	var pe *pgconn.PgError
+	switch {
+	case err == nil:
 		return nil
-	})
+	case errors.As(err, &pe) && pe.Code == "23503",
+		strings.Contains(err.Error(), "FOREIGN KEY constraint failed"):
+		return notFound(msgID)
+	}
+	return dbErr(err)
 }
 
 // LedgerList returns a message's ledger entries in the order they were started.

@@ -554,15 +554,6 @@ func sqlLedgerList(ctx context.Context, q dbtx, msgID string) ([]LedgerEntry, er
 	return out, rows.Err()
 }
 
-func sqlMessageExists(ctx context.Context, q dbtx, id string) (bool, error) {
-	var one int
-	err := q.QueryRowContext(ctx, `SELECT 1 FROM messages WHERE id = ?`, id).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
 func sqlStateGet(ctx context.Context, q dbtx, key string) (string, bool, error) {
 	var v string
 	err := q.QueryRowContext(ctx, `SELECT value FROM intake_state WHERE key = ?`, key).Scan(&v)
