@@ -83,7 +83,7 @@ func New(o Options) *Service {
 	return &Service{o: o}
 }
 
-// errUnavailable is shown when Mattermost or the store does not answer.
+// unavailable is shown when Mattermost or the store does not answer.
 func unavailable(what string) string {
 	return "mmgate cannot " + what + " right now; try again in a minute."
 }

@@ -42,8 +42,13 @@ type Link struct {
 	UserID   string // the Mattermost account
 	Username string // its username when linked, for messages
 	Created  time.Time
-	// Previous is, from LinkWithCode, the account the email was linked to
-	// before (nil: none, or the same).
+}
+
+// Linked is what LinkWithCode recorded, and the link it replaced.
+type Linked struct {
+	Link
+	// Previous is the account the email was linked to before (nil: none,
+	// or the same account).
 	Previous *Link
 }
 
@@ -176,7 +181,8 @@ func (s *Store) PeekCode(ctx context.Context, code string) (Pending, error) {
 // other gets ErrNotFound. A link of the same email to another account is
 // replaced (the person who proved the identity moves their mail); Previous
 // is then the account it went to.
-func (s *Store) LinkWithCode(ctx context.Context, code string, l Link) (Link, error) {
+func (s *Store) LinkWithCode(ctx context.Context, code string, link Link) (Linked, error) {
+	l := Linked{Link: link}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return l, err

@@ -105,7 +105,6 @@ func (s *Service) start(w http.ResponseWriter, r *http.Request) {
 type ticket struct {
 	Email   string `json:"email"`
 	Subject string `json:"sub"`
-	Name    string `json:"name,omitempty"`
 	Expires int64  `json:"exp"`
 }
 
@@ -167,8 +166,8 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusUnprocessableEntity, linkData{Notice: "Your directory account has no email address, so there is nothing to link. Ask your directory's administrators."})
 		return
 	}
-	t := ticket{Email: strings.ToLower(id.Email), Subject: id.Subject, Name: id.Name, Expires: time.Now().Add(s.o.CodeTTL).Unix()}
-	d := linkData{Form: true, Ticket: s.sign(t, code), Email: t.Email, Name: t.Name, Username: p.Username}
+	t := ticket{Email: strings.ToLower(id.Email), Subject: id.Subject, Expires: time.Now().Add(s.o.CodeTTL).Unix()}
+	d := linkData{Form: true, Ticket: s.sign(t, code), Email: t.Email, Name: id.Name, Username: p.Username}
 	// Name the Mattermost account fully: a look-alike username is not enough.
 	if u, err := s.o.Users.User(r.Context(), p.UserID); err == nil {
 		d.Account = strings.TrimSpace(strings.TrimSpace(u.FirstName+" "+u.LastName) + ", " + u.Email)
@@ -213,7 +212,7 @@ func (s *Service) confirm(w http.ResponseWriter, r *http.Request) {
 // tell sends the news of a link to the account that now gets the mail, to
 // the account with that email (if another), and to the account that had
 // the link before: someone tricked into confirming hears of it.
-func (s *Service) tell(ctx context.Context, l Link) {
+func (s *Service) tell(ctx context.Context, l Linked) {
 	if s.o.Notify == nil {
 		return
 	}

@@ -568,6 +568,14 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 	if p.Email == "" {
 		p.Email = addr
 	}
+	// A person with several addresses may have any of them in Mattermost
+	// (or linked): the primary one first, then the others.
+	addrs := []string{p.Email}
+	for _, a := range p.Addresses {
+		if !strings.EqualFold(a, p.Email) {
+			addrs = append(addrs, a)
+		}
+	}
 	key := app.Name + "\x00"
 	var lookup func() (*mattermost.User, error)
 	if p.Username != "" {
@@ -575,14 +583,6 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 		lookup = func() (*mattermost.User, error) { return app.Client.UserByUsername(ctx, p.Username) }
 	} else {
 		key += "e:" + p.Email
-		// A person with several addresses may have any of them in
-		// Mattermost: the primary one first, then the others.
-		addrs := []string{p.Email}
-		for _, a := range p.Addresses {
-			if !strings.EqualFold(a, p.Email) {
-				addrs = append(addrs, a)
-			}
-		}
 		lookup = func() (*mattermost.User, error) {
 			var err error
 			for _, a := range addrs {
@@ -604,7 +604,7 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 	if r.o.Accounts != nil {
 		// The person linked this identity to an account (/mmgate link):
 		// that account, whatever its email or username.
-		for _, a := range append([]string{p.Email}, p.Addresses...) {
+		for _, a := range addrs {
 			l, ok, err := r.o.Accounts.LinkedUser(ctx, a)
 			if err != nil {
 				return res, err
@@ -616,12 +616,14 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 				continue
 			}
 			if ok {
-				if !strings.HasPrefix(how, "directory: ") {
-					how = ""
-				}
 				linked, key = l.Username, app.Name+"\x00id:"+l.UserID
 				lookup = func() (*mattermost.User, error) { return app.Client.User(ctx, l.UserID) }
-				how = strings.TrimPrefix(how+"; ", "; ") + "linked by its owner to @" + l.Username + " (/mmgate link, " + l.Email + ")"
+				via := "linked by its owner to @" + l.Username + " (/mmgate link, " + l.Email + ")"
+				if strings.HasPrefix(how, "directory: ") {
+					how += "; " + via
+				} else {
+					how = via // not "Mattermost user with this email"
+				}
 				break
 			}
 		}
@@ -682,8 +684,9 @@ func (r *Relay) user(key string, lookup func() (*mattermost.User, error)) (c cac
 }
 
 // subscribers adds the app's subscribers to dests: each one the app's
-// groups still allow (checked against the directory address they
-// subscribed with), as a direct message, once per person.
+// groups still allow (checked against the address the account's link
+// proves now, else the one it proved when subscribing), as a direct
+// message, once per person.
 func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, seen map[string]bool,
 	note func(string, string, ...any), dry bool) ([]destination, error) {
 	subs, err := r.o.Accounts.Subscribers(ctx, app.Name)
@@ -694,18 +697,20 @@ func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, 
 	if err != nil {
 		return nil, err
 	}
+	// A subscriber's own trouble that retrying cannot mend skips that
+	// subscriber, noted; it never holds the message back from the others. A
+	// refused bot token is the app's trouble: the message waits.
+	final := func(err error) bool {
+		return err != nil && !fault.Is(err, fault.Temporary) && !mattermost.IsUnauthorized(err)
+	}
 	for _, sub := range subs {
-		// A subscriber's own trouble that retrying cannot mend skips that
-		// subscriber, noted; it never holds the message back from the others.
-		final := func(err error) bool { return err != nil && !fault.Is(err, fault.Temporary) }
-		var lines []string
 		email := sub.Email
 		if l, ok, err := r.o.Accounts.LinkOf(ctx, sub.UserID); err != nil {
 			return nil, err
 		} else if ok {
 			email = l.Email // the identity proven now, not the one at subscribe time
 		}
-		why, ok, err := r.mayReceive(ctx, app, email, &lines)
+		why, ok, err := r.mayReceive(ctx, app, email)
 		switch {
 		case final(err):
 			note("recipient", "subscriber @%s: skipped, %v", sub.Username, err)
@@ -756,7 +761,7 @@ func (r *Relay) subscribers(ctx context.Context, app *App, dests []destination, 
 // mayReceive applies the global deny group and the app's groups to the
 // person with address email (looked up in the directory only when a group
 // is set).
-func (r *Relay) mayReceive(ctx context.Context, app *App, email string, lines *[]string) (why string, ok bool, err error) {
+func (r *Relay) mayReceive(ctx context.Context, app *App, email string) (why string, ok bool, err error) {
 	if r.o.DenyGroup == "" && app.DenyGroup == "" && app.AllowGroup == "" {
 		return "", true, nil
 	}
@@ -767,7 +772,8 @@ func (r *Relay) mayReceive(ctx context.Context, app *App, email string, lines *[
 			return "", false, fmt.Errorf("directory lookup of %s: %w", email, err)
 		}
 	}
-	why, _, ok, err = r.policy(ctx, app, p, lines)
+	var lines []string // the decision's path: only why matters here
+	why, _, ok, err = r.policy(ctx, app, p, &lines)
 	return why, ok, err
 }
 
@@ -778,8 +784,7 @@ func (r *Relay) MayReceive(ctx context.Context, appName, email string) (bool, st
 	if app == nil {
 		return false, "mmgate has no app " + appName, nil
 	}
-	var lines []string
-	why, ok, err := r.mayReceive(ctx, app, email, &lines)
+	why, ok, err := r.mayReceive(ctx, app, email)
 	return ok, why, err
 }
 

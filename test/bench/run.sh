@@ -195,7 +195,9 @@ stop_pid() {
 }
 
 # cpu_ticks prints "mmgate postgres versitygw sysbench" CPU ticks (user +
-# system) of the live processes with those names.
+# system) of the live processes with those names. "postgres" counts every
+# PostgreSQL on the machine (an idle peer's adds a little); "sysbench" is the
+# stand-in (the other sysbench runs are over by then).
 cpu_ticks() {
 	cat /proc/[0-9]*/stat 2>/dev/null | awk '{
 		name = $2; gsub(/[()]/, "", name)
