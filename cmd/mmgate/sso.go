@@ -84,7 +84,7 @@ func mattermostSSOConfig(cfg config.Config, siteURL, clientID, buttonText, butto
 		}
 		buttonText = "Sign in with " + org
 	}
-	iss := strings.TrimRight(s.Issuer, "/")
+	iss := s.Issuer // Load trimmed its trailing slash
 	type kv struct {
 		key string
 		val any

@@ -13,7 +13,7 @@ func TestMattermostSSOConfig(t *testing.T) {
 		t.Errorf("bridge off: %v", err)
 	}
 	cfg.SSO.Enabled = true
-	cfg.SSO.Issuer = "https://sso.corp.example/"
+	cfg.SSO.Issuer = "https://sso.corp.example" // as Load gives it (no trailing slash)
 	cfg.SSO.Organization = "Corp"
 	cfg.SSO.Clients = []config.SSOClient{{ID: "mm", Secret: "s3cr'et", RedirectURIs: []string{"https://chat.corp.example/signup/gitlab/complete"}}}
 	out, err := mattermostSSOConfig(cfg, "https://chat.corp.example/", "", "", "#1c58d9")

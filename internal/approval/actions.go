@@ -153,8 +153,12 @@ func (s *Service) click(ctx context.Context, in actionRequest) (actionResponse, 
 		return actionResponse{}, nil, refusal("this button is not valid (altered or expired)")
 	}
 	a, err := s.o.Store.Get(ctx, c.Subject)
-	if err != nil {
+	if errors.Is(err, ErrNotFound) {
 		return actionResponse{}, nil, refusal("the request is unknown")
+	}
+	if err != nil {
+		// The store, not the click: the reviewer may click again.
+		return actionResponse{}, nil, fmt.Errorf("reading the request: %w", err)
 	}
 	if err := s.checkPost(ctx, a, in.PostID); err != nil {
 		return actionResponse{}, a, err
@@ -230,7 +234,7 @@ func (s *Service) checkReviewer(ctx context.Context, a *Approval, userID string)
 	if err != nil {
 		return nil, err
 	}
-	return u, s.mayDecide(ctx, a, u)
+	return u, s.mayDecide(ctx, a, u, &facts{})
 }
 
 // user asks Mattermost who userID is.
@@ -248,8 +252,56 @@ func (s *Service) user(ctx context.Context, userID string) (*mattermost.User, er
 	return u, nil
 }
 
-// mayDecide says whether u may decide a now (nil) or why not.
-func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User) error {
+// facts are what mayDecide learns about one user from the directory and
+// Mattermost, asked once per call however many requests are checked.
+type facts struct {
+	resolved bool
+	groups   []directory.Groups // of each entry the user's addresses name
+	channels map[string]bool    // channel id → the user is a member
+}
+
+// groupsOf reads, at this moment (past any cache), the groups of the
+// directory entries the user's addresses name: those the account proved
+// with /mmgate link, then its Mattermost email.
+func (s *Service) groupsOf(ctx context.Context, u *mattermost.User, f *facts) ([]directory.Groups, error) {
+	if f.resolved {
+		return f.groups, nil
+	}
+	var addrs []string
+	if s.o.Links != nil {
+		links, err := s.o.Links.LinksOf(ctx, u.ID)
+		if err != nil {
+			return nil, fmt.Errorf("reading the account's links: %w", err)
+		}
+		for _, l := range links {
+			addrs = append(addrs, l.Email)
+		}
+	}
+	if u.Email != "" {
+		addrs = append(addrs, u.Email)
+	}
+	var out []directory.Groups
+	for _, addr := range addrs {
+		p, err := s.o.Directory.Lookup(ctx, addr)
+		switch {
+		case err == nil:
+			gs, err := s.o.Directory.FreshGroups(ctx, p)
+			if err != nil {
+				return nil, fmt.Errorf("the directory did not answer: %w", err)
+			}
+			out = append(out, gs)
+		case !errors.Is(err, directory.ErrNotFound):
+			// Down is not "not a reviewer": the person may try again.
+			return nil, fmt.Errorf("the directory did not answer: %w", err)
+		}
+	}
+	f.groups, f.resolved = out, true
+	return out, nil
+}
+
+// mayDecide says whether u may decide a now (nil) or why not; f keeps what
+// it learns about u for the next request.
+func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User, f *facts) error {
 	req := strings.ToLower(strings.TrimPrefix(a.Request.Requester, "@"))
 	if u.ID == a.RequesterID || strings.EqualFold(u.Username, req) || (u.Email != "" && strings.EqualFold(u.Email, req)) {
 		return refusal("you asked for this: someone else must decide")
@@ -266,44 +318,29 @@ func (s *Service) mayDecide(ctx context.Context, a *Approval, u *mattermost.User
 		}
 	}
 	if len(a.Request.Reviewers.Groups) > 0 && s.o.Directory != nil {
-		// The addresses the account proved with /mmgate link, then its
-		// Mattermost email.
-		var addrs []string
-		if s.o.Links != nil {
-			links, err := s.o.Links.LinksOf(ctx, u.ID)
-			if err != nil {
-				return fmt.Errorf("reading the account's links: %w", err)
-			}
-			for _, l := range links {
-				addrs = append(addrs, l.Email)
-			}
+		all, err := s.groupsOf(ctx, u, f)
+		if err != nil {
+			return err
 		}
-		if u.Email != "" {
-			addrs = append(addrs, u.Email)
-		}
-		for _, addr := range addrs {
-			p, err := s.o.Directory.Lookup(ctx, addr)
-			switch {
-			case err == nil:
-				gs, err := s.o.Directory.FreshGroups(ctx, p)
-				if err != nil {
-					return fmt.Errorf("the directory did not answer: %w", err)
+		for _, gs := range all {
+			for _, g := range a.Request.Reviewers.Groups {
+				if _, ok := gs.Has(g); ok {
+					return nil
 				}
-				for _, g := range a.Request.Reviewers.Groups {
-					if _, ok := gs.Has(g); ok {
-						return nil
-					}
-				}
-			case !errors.Is(err, directory.ErrNotFound):
-				// Down is not "not a reviewer": the person may try again.
-				return fmt.Errorf("the directory did not answer: %w", err)
 			}
 		}
 	}
 	if a.ChannelID != "" && len(a.Request.Reviewers.Users) == 0 && len(a.Request.Reviewers.Groups) == 0 {
-		ok, err := s.o.MM.IsChannelMember(ctx, a.ChannelID, u.ID)
-		if err != nil {
-			return fmt.Errorf("mattermost did not confirm the channel membership: %w", err)
+		ok, known := f.channels[a.ChannelID]
+		if !known {
+			var err error
+			if ok, err = s.o.MM.IsChannelMember(ctx, a.ChannelID, u.ID); err != nil {
+				return fmt.Errorf("mattermost did not confirm the channel membership: %w", err)
+			}
+			if f.channels == nil {
+				f.channels = map[string]bool{}
+			}
+			f.channels[a.ChannelID] = ok
 		}
 		if ok {
 			return nil
@@ -621,11 +658,12 @@ func (s *Service) Pending(ctx context.Context, userID string) (string, error) {
 	}
 	var b strings.Builder
 	n := 0
+	f := &facts{} // the directory and Mattermost asked once, not per request
 	for _, a := range as {
 		if a.decisionOf(userID) != nil {
 			continue
 		}
-		if err := s.mayDecide(ctx, a, u); err != nil {
+		if err := s.mayDecide(ctx, a, u, f); err != nil {
 			var r refusal
 			if errors.As(err, &r) {
 				continue

@@ -568,6 +568,9 @@ func Load(path string, environ []string) (Config, error) {
 	if err := k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dc}); err != nil {
 		return c, decodeError(err)
 	}
+	// The bridge's URLs (callbacks, redirect URIs) are built on the issuer:
+	// "https://sso.x/" and "https://sso.x" are the same issuer.
+	c.SSO.Issuer = strings.TrimRight(c.SSO.Issuer, "/")
 	return c, nil
 }
 

@@ -242,7 +242,7 @@ mattermost: {url: "http://127.0.0.1:8065"}
 directory: {mattermost_lookup: true}
 sso:
   enabled: true
-  issuer: "https://sso.corp.example"
+  issuer: "https://sso.corp.example/"
   upstream: oidc
   oidc: {issuer: "https://id.corp.example"}
   clients: [{id: mattermost, secret: x, redirect_uris: ["https://chat.corp.example/signup/gitlab/complete"]}]
@@ -250,6 +250,10 @@ sso:
 	c2, err := Load(p2, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every URL the bridge builds starts from the issuer: one spelling.
+	if c2.SSO.Issuer != "https://sso.corp.example" {
+		t.Errorf("issuer %q kept its trailing slash", c2.SSO.Issuer)
 	}
 	err = c2.Validate()
 	if err == nil || !strings.Contains(err.Error(), "sso.oidc.client_id") || !strings.Contains(err.Error(), "https://sso.corp.example/sso/upstream/callback") ||

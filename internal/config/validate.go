@@ -563,7 +563,7 @@ func (c Config) validateSSO(add func(string, string, ...any)) {
 			add("sso.oidc.issuer", "must be the platform's issuer URL (its /.well-known/openid-configuration is read), got %q", o.Issuer)
 		}
 		if o.ClientID == "" {
-			add("sso.oidc.client_id", "is required: register mmgate at the platform with the redirect URI %s/sso/upstream/callback", strings.TrimRight(s.Issuer, "/"))
+			add("sso.oidc.client_id", "is required: register mmgate at the platform with the redirect URI %s/sso/upstream/callback", s.Issuer)
 		}
 		checkSecret(add, "sso.oidc.client_secret", o.ClientSecret, true)
 	default:
