@@ -476,6 +476,9 @@ func OpenDirectory(cfg config.Config) (relay.Directory, error) {
 func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
 	var st *secrets.Store
 	tokens, err := BotTokens(context.Background(), cfg, func(ctx context.Context) (*secrets.Store, error) {
+		if !sideDBExists(cfg, "secrets.db") {
+			return nil, secrets.ErrNotFound
+		}
 		if st == nil {
 			var err error
 			st, err = OpenSecrets(ctx, cfg)
@@ -493,10 +496,9 @@ func NewExplainer(cfg config.Config, log *slog.Logger) (*relay.Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The links and subscriptions, when serve has made them: explain never
-	// creates a file serve would then find owned by whoever ran explain.
+	// The links and subscriptions, when serve has made them.
 	var acc relay.Accounts
-	if _, err := os.Stat(filepath.Join(filepath.Dir(cfg.SpoolPath()), "accounts.db")); cfg.Spool.Driver == "postgres" || err == nil {
+	if sideDBExists(cfg, "accounts.db") {
 		st, err := OpenAccounts(context.Background(), cfg)
 		if err != nil {
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -33,6 +34,18 @@ func OpenSideDB(cfg config.Config, name string) (*sqldb.DB, error) {
 	return sqldb.OpenSQLite(filepath.Join(filepath.Dir(cfg.SpoolPath()), name))
 }
 
+// sideDBExists reports whether the side database name is there to open: on
+// PostgreSQL always; as a SQLite file only once serve has made it. Commands
+// that only read (explain) open it then only, never creating a file that
+// serve would find owned by whoever ran them.
+func sideDBExists(cfg config.Config, name string) bool {
+	if cfg.Spool.Driver == "postgres" {
+		return true
+	}
+	_, err := os.Stat(filepath.Join(filepath.Dir(cfg.SpoolPath()), name))
+	return err == nil
+}
+
 // OpenSecrets opens mmgate's secret store (secrets.db).
 func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error) {
 	db, err := OpenSideDB(cfg, "secrets.db")
@@ -45,7 +58,8 @@ func OpenSecrets(ctx context.Context, cfg config.Config) (*secrets.Store, error)
 // BotTokens returns each app's bot token: apps.NAME.bot_token, or else the
 // one `mmgate mattermost setup` stored, or else "" (the app's messages wait
 // and /readyz says why until setup has run, which the install link can do
-// on a running instance). store opens the secret store, only if needed.
+// on a running instance). store opens the secret store, only if needed;
+// secrets.ErrNotFound from it means there is none yet (no stored tokens).
 func BotTokens(ctx context.Context, cfg config.Config, store func(context.Context) (*secrets.Store, error)) (map[string]string, error) {
 	out := map[string]string{}
 	for name, a := range cfg.Apps {
@@ -58,6 +72,10 @@ func BotTokens(ctx context.Context, cfg config.Config, store func(context.Contex
 			continue
 		}
 		st, err := store(ctx)
+		if errors.Is(err, secrets.ErrNotFound) {
+			out[name] = ""
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mmgate/mmgate/internal/directory"
+	"github.com/mmgate/mmgate/internal/httpapi"
 	"github.com/mmgate/mmgate/internal/mattermost"
 )
 
@@ -137,8 +138,7 @@ func (s *Service) HandleAction(w http.ResponseWriter, r *http.Request) {
 }
 
 func writeAction(w http.ResponseWriter, resp actionResponse) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(resp)
+	httpapi.WriteJSON(w, http.StatusOK, resp)
 }
 
 // refusal is a click that changes nothing; its text goes to the clicker.
@@ -435,13 +435,14 @@ type dialogSubmission struct {
 // person who clicked Deny; the request is checked again as for a click.
 func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 	var in dialogSubmission
-	w.Header().Set("Content-Type", "application/json")
+	// Mattermost reads the answer of a 200 only: errors go in the body.
+	answer := func(v any) { httpapi.WriteJSON(w, http.StatusOK, v) }
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&in); err != nil {
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": "mmgate could not read the form"})
+		answer(map[string]string{"error": "mmgate could not read the form"})
 		return
 	}
 	if in.Cancelled {
-		_, _ = w.Write([]byte("{}\n"))
+		answer(struct{}{})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
@@ -450,12 +451,12 @@ func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 	if err != nil || c.Action != "deny" || c.User == "" || c.User != in.UserID {
 		_ = s.o.Store.audit(ctx, AuditEntry{At: s.o.Now(), Actor: in.UserID, Action: "deny", Result: "refused",
 			Detail: "dialog state not valid for this person"})
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": "This form is not valid any more: click Deny again."})
+		answer(map[string]string{"error": "This form is not valid any more: click Deny again."})
 		return
 	}
 	reason := strings.TrimSpace(in.Submission["reason"])
 	if reason == "" {
-		_ = json.NewEncoder(w).Encode(map[string]any{"errors": map[string]string{"reason": "Say why: the requester sees it."}})
+		answer(map[string]any{"errors": map[string]string{"reason": "Say why: the requester sees it."}})
 		return
 	}
 	a, err := s.o.Store.Get(ctx, c.Subject)
@@ -473,10 +474,10 @@ func (s *Service) HandleDialog(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &rf) {
 			msg = "Not recorded: " + err.Error()
 		}
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+		answer(map[string]string{"error": msg})
 		return
 	}
-	_, _ = w.Write([]byte("{}\n"))
+	answer(struct{}{})
 }
 
 // truncate cuts s to n characters (never inside one).

@@ -232,8 +232,7 @@ func (s *Service) lookup(ctx context.Context, who string) (*mattermost.User, err
 	who = strings.TrimPrefix(strings.TrimSpace(who), "@")
 	if strings.Contains(who, "@") {
 		u, err := s.o.MM.UserByEmail(ctx, who)
-		var ae *mattermost.APIError
-		if errors.As(err, &ae) && ae.Status == 403 {
+		if mattermost.IsForbidden(err) {
 			return nil, InvalidError{"Mattermost does not let the bot look people up by email (PrivacySettings.ShowEmailAddress is off): give " +
 				who + " by username"}
 		}

@@ -11,13 +11,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/mmgate/mmgate/internal/httpapi"
 )
 
 // Options wire the command to the rest of mmgate.
@@ -183,7 +184,5 @@ func equal(a, b string) bool {
 }
 
 func reply(w http.ResponseWriter, status int, text string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(Response{ResponseType: "ephemeral", Text: text})
+	httpapi.WriteJSON(w, status, Response{ResponseType: "ephemeral", Text: text})
 }

@@ -299,6 +299,12 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
 }
 
+// IsForbidden reports a 403: the token is good, the permission missing.
+func IsForbidden(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusForbidden
+}
+
 // IsUnauthorized reports a 401: a token Mattermost does not accept.
 func IsUnauthorized(err error) bool {
 	var ae *APIError

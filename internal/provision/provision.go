@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -135,8 +134,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 // commands, and outgoing calls to mmgate's own (internal) address.
 func settings(ctx context.Context, o Options, say func(bool, string, ...any)) error {
 	cfg, err := o.Admin.Config(ctx)
-	var ae *mattermost.APIError
-	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
+	if mattermost.IsUnauthorized(err) || mattermost.IsForbidden(err) {
 		return fault.Wrap(fault.Unauthorized, "admin_token_refused",
 			"Mattermost does not accept the token as a system admin's personal access token", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/mail"
 	"sort"
 	"strings"
@@ -645,8 +646,8 @@ func (r *Relay) resolve(ctx context.Context, app *App, addr string) (resolution,
 			res.why, res.skip, res.code = "no Mattermost user with "+who, skipUnresolved, "no_mattermost_user"
 			return res, nil
 		}
-		var ae *mattermost.APIError
-		if errors.As(err, &ae) && ae.Status == 403 && p.Username == "" {
+		var ae *mattermost.APIError // its ID names what Mattermost refused
+		if errors.As(err, &ae) && ae.Status == http.StatusForbidden && p.Username == "" {
 			res.why, res.skip, res.code = "Mattermost refused a lookup by email (403 "+ae.ID+"): give the username in the directory", skipUnresolved, "mattermost_refused"
 			return res, nil
 		}
