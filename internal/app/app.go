@@ -255,11 +255,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, e
 	for k, v := range accRoutes {
 		routes[k] = v
 	}
-	cmdHandler, err := s.commandHandler(cfg, sp, clients, log.With("component", "command"))
-	if err != nil {
-		return fail(err)
-	}
-	routes["POST /mattermost/command"] = cmdHandler
+	routes["POST /mattermost/command"] = s.commandHandler(sp, clients, log.With("component", "command"))
 	adminRoutes, err := s.adminRoutes(cfg)
 	if err != nil {
 		return fail(err)

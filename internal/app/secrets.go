@@ -113,8 +113,7 @@ func newClient(cfg config.Config, url, token string) *mattermost.Client {
 }
 
 // commandHandler builds the /mmgate slash command's handler.
-func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[string]*mattermost.Client,
-	log *slog.Logger) (http.Handler, error) {
+func (s *Server) commandHandler(sp *spool.Spool, clients map[string]*mattermost.Client, log *slog.Logger) http.Handler {
 	users := anyClient(clients)
 	var pending func(ctx context.Context, userID string) (string, error)
 	if s.approvalSvc != nil {
@@ -156,7 +155,7 @@ func (s *Server) commandHandler(cfg config.Config, sp *spool.Spool, clients map[
 			}
 			return u.IsSystemAdmin(), nil
 		},
-	}), nil
+	})
 }
 
 // adminRoutes builds the admin endpoints and the install link's page.
@@ -168,10 +167,12 @@ func (s *Server) adminRoutes(cfg config.Config) (map[string]http.Handler, error)
 				return 0, 0, err
 			}
 			res, err := SetupMattermost(ctx, cfg, st, "", adminToken, teams, report)
-			if err == nil {
-				s.reloadTokens(ctx, cfg)
+			if err != nil {
+				s.log.Error("mattermost setup (admin endpoint or install link) failed", "err", err)
+				return res.Changed, res.Unchanged, err
 			}
-			return res.Changed, res.Unchanged, err
+			s.reloadTokens(ctx, cfg)
+			return res.Changed, res.Unchanged, nil
 		},
 		CheckAdmin: func(ctx context.Context, adminToken string) (bool, error) {
 			u, err := newClient(cfg, "", adminToken).Me(ctx)

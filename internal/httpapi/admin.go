@@ -102,15 +102,7 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 			var report []string
 			changed, unchanged, err := o.Setup(r.Context(), strings.TrimSpace(in.AdminToken), in.Teams, func(l string) { report = append(report, l) })
 			if err != nil {
-				// The admin token refused: 403; Mattermost unreachable or
-				// overloaded: 503, try again; anything else: 502.
-				status, code := http.StatusBadGateway, "setup_failed"
-				switch {
-				case fault.Is(err, fault.Unauthorized):
-					status, code = http.StatusForbidden, "admin_token_refused"
-				case slices.Contains([]string{"mattermost_unavailable", "mattermost_unreachable", "mattermost_rate_limited"}, fault.CodeOf(err)):
-					status, code = http.StatusServiceUnavailable, "mattermost_unavailable"
-				}
+				status, code := setupFailure(err)
 				WriteJSON(w, status, map[string]any{"success": false, "code": code, "message": err.Error(), "report": report})
 				return
 			}
@@ -186,13 +178,27 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 				if o.Release != nil && o.Release(context.WithoutCancel(r.Context()), id) == nil {
 					notice = "Setup failed: " + err.Error() + ". Fix the cause, then open this link again."
 				}
-				setupPage(w, http.StatusBadGateway, setupData{Report: report, Notice: notice})
+				status, _ := setupFailure(err)
+				setupPage(w, status, setupData{Report: report, Notice: notice})
 				return
 			}
 			setupPage(w, http.StatusOK, setupData{Report: report, Notice: "mmgate is installed in Mattermost."})
 		})
 	}
 	return routes
+}
+
+// setupFailure is the status and stable code of a failed setup: the admin
+// token refused, 403; Mattermost unreachable or overloaded, 503 (try
+// again); anything else, 502.
+func setupFailure(err error) (int, string) {
+	switch {
+	case fault.Is(err, fault.Unauthorized):
+		return http.StatusForbidden, "admin_token_refused"
+	case slices.Contains([]string{"mattermost_unavailable", "mattermost_unreachable", "mattermost_rate_limited"}, fault.CodeOf(err)):
+		return http.StatusServiceUnavailable, "mattermost_unavailable"
+	}
+	return http.StatusBadGateway, "setup_failed"
 }
 
 func bearer(r *http.Request, want string) bool {

@@ -197,10 +197,13 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 			t.Errorf("no reply in the thread of %s", p.PostID)
 		}
 	}
-	// A click after the decision (a replay) changes nothing: Mattermost
-	// itself refuses it now that the post has no buttons.
+	// A click after the decision (a replay) changes nothing (checked below):
+	// Mattermost refuses it now that the post has no buttons, or, if it
+	// passes it on, mmgate refuses and audits it.
 	if st := click(s.bob, dmPost, "approve"); st == 200 {
-		t.Log("Mattermost passed a click on the decided post on; mmgate must refuse it")
+		if audit := g.mustCLI("approvals", "audit", a.ID); !strings.Contains(audit, "the request is already approved") {
+			t.Errorf("a click after the decision reached mmgate and was not refused:\n%s", audit)
+		}
 	}
 	eventually(t, 30*time.Second, "the callback", func() (bool, string) {
 		mu.Lock()
@@ -236,12 +239,8 @@ func TestApprovalClicksAreVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.mustCLI("mattermost", "setup", "--admin-token-file", tokFile)
-	var cr struct {
-		Text string `json:"text"`
-	}
-	if _, err := s.bob.do("POST", "/commands/execute", map[string]string{"channel_id": townSquare(t, s), "team_id": s.teamID,
-		"command": "/mmgate approvals"}, &cr); err != nil || !strings.Contains(cr.Text, "Drop table "+n) || strings.Contains(cr.Text, "Deploy release "+n) {
-		t.Errorf("/mmgate approvals for bob: %q %v", cr.Text, err)
+	if text := slash(t, s, s.bob, "approvals"); !strings.Contains(text, "Drop table "+n) || strings.Contains(text, "Deploy release "+n) {
+		t.Errorf("/mmgate approvals for bob: %q", text)
 	}
 	ws := dialEvents(t, s, s.bob.token)
 	if st := click(s.bob, dn.Posts[0].PostID, "deny"); st != 200 {
