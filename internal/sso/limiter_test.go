@@ -47,3 +47,27 @@ func TestLimitedAddressMakesNoBuckets(t *testing.T) {
 		t.Errorf("refused attempts made %d buckets", len(l.buckets)-before)
 	}
 }
+
+// A full limiter refuses new keys (a minute to wait) and sweeps at most
+// once a second, however many new keys arrive; once swept, keys whose
+// buckets refilled make room again.
+func TestFullLimiterSweepsRarely(t *testing.T) {
+	l := newLimiter(5)
+	now := time.Now()
+	for i := range maxBuckets {
+		l.get(now, fmt.Sprint("k", i), 5).tokens-- // each holds a failure
+	}
+	swept := now.Add(-500 * time.Millisecond)
+	l.swept = swept
+	if b := l.get(now, "new", 5); b != nil {
+		t.Fatal("a full limiter made a bucket")
+	}
+	if !l.swept.Equal(swept) {
+		t.Fatal("swept again within the second")
+	}
+	// A minute later every bucket has refilled: the sweep frees them.
+	later := now.Add(2 * time.Minute)
+	if b := l.get(later, "new", 5); b == nil || len(l.buckets) != 1 || !l.swept.Equal(later) {
+		t.Fatalf("after refilling: bucket %v, %d buckets, swept %v", b, len(l.buckets), l.swept)
+	}
+}

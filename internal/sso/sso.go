@@ -134,6 +134,10 @@ type Bridge struct {
 	flowKey  []byte
 }
 
+// requestTTL is how long a sign-in may take, from /oauth/authorize to the
+// code: the request's life and its browser-binding cookie's.
+const requestTTL = 30 * time.Minute
+
 // Cookie names.
 const (
 	sessionCookie  = "mmgate_session"
@@ -174,7 +178,7 @@ func New(ctx context.Context, o Options) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &storage{st: o.Store, clients: map[string]*Client{}, codeTTL: o.CodeTTL, reqTTL: 30 * time.Minute,
+	st := &storage{st: o.Store, clients: map[string]*Client{}, codeTTL: o.CodeTTL, reqTTL: requestTTL,
 		tokTTL: o.TokenTTL, signing: signing}
 	for _, c := range o.Clients {
 		st.clients[c.ID] = &Client{id: c.ID, secret: c.Secret, redirect: c.RedirectURIs, loginURL: o.Issuer + "/sso/login"}
@@ -266,7 +270,7 @@ func (w *bindingWriter) WriteHeader(code int) {
 		prefix := w.b.o.Issuer + "/sso/login?id="
 		if loc := w.Header().Get("Location"); strings.HasPrefix(loc, prefix) {
 			if id, err := url.QueryUnescape(strings.TrimPrefix(loc, prefix)); err == nil && id != "" {
-				w.b.setCookie(w, w.b.flowName(id), w.b.flowValue(id), "/", 30*time.Minute)
+				w.b.setCookie(w, w.b.flowName(id), w.b.flowValue(id), "/", requestTTL)
 			}
 		}
 	}
@@ -439,6 +443,11 @@ func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *Aut
 			"its sign-in button brings you here."})
 		return nil
 	}
+	// The binding first: an HMAC needs no database read.
+	if !b.bound(r, id) {
+		b.notThisBrowser(w, r)
+		return nil
+	}
 	req, err := b.st.Request(r.Context(), id)
 	if errors.Is(err, ErrNotFound) || (err == nil && req.Done()) {
 		b.expired(w, r)
@@ -446,10 +455,6 @@ func (b *Bridge) request(w http.ResponseWriter, r *http.Request, id string) *Aut
 	}
 	if err != nil {
 		b.unavailable(w, r, "reading a sign-in request", err)
-		return nil
-	}
-	if !b.bound(r, id) {
-		b.notThisBrowser(w, r)
 		return nil
 	}
 	return req
@@ -898,16 +903,20 @@ func (l *limiter) get(now time.Time, key string, n int) *bucket {
 	if b != nil {
 		return b
 	}
-	if now.Sub(l.swept) > time.Minute || len(l.buckets) >= maxBuckets {
+	// Swept at most once a second even when full: a spray of new keys must
+	// not make every sign-in walk 100,000 buckets under the lock.
+	full := len(l.buckets) >= maxBuckets
+	if now.Sub(l.swept) > time.Minute || (full && now.Sub(l.swept) > time.Second) {
 		for k, b := range l.buckets {
 			if b.wait(now) == 0 && b.tokens >= b.burst { // refilled: it holds nothing
 				delete(l.buckets, k)
 			}
 		}
 		l.swept = now
-		if len(l.buckets) >= maxBuckets {
-			return nil
-		}
+		full = len(l.buckets) >= maxBuckets
+	}
+	if full {
+		return nil
 	}
 	b = &bucket{tokens: float64(n), burst: float64(n), last: now}
 	l.buckets[k] = b
@@ -932,9 +941,7 @@ func (b *Bridge) Redeem(ctx context.Context, clientID, redirectURI, code string)
 	if req.ClientID != clientID || req.RedirectURI != redirectURI || req.Identity == 0 || !req.forcesLogin() {
 		return Identity{}, ErrNotFound
 	}
-	// The token row only marks the code used; it expires at once.
-	if err := b.st.IssueToken(ctx, req.ID, Token{ID: newID(), Identity: req.Identity, ClientID: clientID,
-		Scopes: req.Scopes, ExpiresAt: time.Now()}); err != nil {
+	if err := b.st.UseCode(ctx, req.ID); err != nil {
 		return Identity{}, err
 	}
 	return b.st.IdentityByID(ctx, req.Identity)

@@ -269,7 +269,7 @@ func (s *Store) IssueToken(ctx context.Context, id string, t Token) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE sso_requests SET code_used = 1 WHERE id = ? AND code IS NOT NULL AND code_used = 0`), id)
+	res, err := tx.ExecContext(ctx, s.q(useCode), id)
 	if err != nil {
 		return err
 	}
@@ -283,6 +283,19 @@ func (s *Store) IssueToken(ctx context.Context, id string, t Token) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// useCode marks a request's code used, unless it already is.
+const useCode = `UPDATE sso_requests SET code_used = 1 WHERE id = ? AND code IS NOT NULL AND code_used = 0`
+
+// UseCode uses up the code of request id without issuing a token (mmgate's
+// own pages); ErrCodeReused when it was used already.
+func (s *Store) UseCode(ctx context.Context, id string) error {
+	n, err := s.exec(ctx, useCode, id)
+	if err == nil && n == 0 {
+		err = ErrCodeReused
+	}
+	return err
 }
 
 // DeleteRequest forgets a request that has no code yet. One whose code was
