@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -143,7 +142,7 @@ func (s *Service) verify(v, code string) (ticket, bool) {
 func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	state, code, ok := s.flow(r)
-	if !ok || subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1 {
+	if !ok || !httpapi.SecretEqual(q.Get("state"), state) {
 		s.page(w, http.StatusBadRequest, linkData{Notice: "This sign-in was not started in this browser, or took too long. " +
 			"Open the link from “/mmgate link” again, in the browser you sign in with."})
 		return

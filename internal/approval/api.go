@@ -2,8 +2,6 @@ package approval
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -30,9 +28,8 @@ func (s *Service) Routes() map[string]http.Handler {
 // JWT (HS256 with the client's key, iss = the client's name, exp at most 5
 // minutes ahead).
 func (s *Service) authenticate(r *http.Request) (string, error) {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	tok = strings.TrimSpace(tok)
-	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
+	tok, ok := httpapi.Bearer(r)
+	if !ok {
 		return "", fault.New(fault.Unauthorized, "unauthorized", "send Authorization: Bearer <API key or JWT>")
 	}
 	if strings.Count(tok, ".") == 2 {
@@ -52,10 +49,8 @@ func (s *Service) authenticate(r *http.Request) (string, error) {
 		}
 		return "", fault.New(fault.Unauthorized, "unauthorized", "the JWT is not valid: HS256 with your key, iss = your client name, exp within 5 minutes")
 	}
-	h := sha256.Sum256([]byte(tok))
 	for _, cl := range s.o.Clients {
-		k := sha256.Sum256([]byte(cl.Key))
-		if subtle.ConstantTimeCompare(h[:], k[:]) == 1 {
+		if httpapi.SecretEqual(tok, cl.Key) {
 			return cl.Name, nil
 		}
 	}

@@ -9,8 +9,6 @@ package command
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -80,7 +78,7 @@ func Handler(o Options) http.Handler {
 			reply(w, http.StatusOK, "mmgate cannot check this command right now; try again in a minute.")
 			return
 		}
-		if !equal(f.Get("token"), want) || want == "" {
+		if !httpapi.SecretEqual(f.Get("token"), want) || want == "" {
 			o.Logger.Warn("command: refused a call with a wrong token", "team_id", f.Get("team_id"), "remote", r.RemoteAddr)
 			reply(w, http.StatusUnauthorized, "This /mmgate command is not the one mmgate installed: ask an admin to run `mmgate mattermost setup`.")
 			return
@@ -175,12 +173,6 @@ func status(counts map[string]int) string {
 		b.WriteString("\nQuarantined messages wait for an operator: `mmgate quarantine list` on the server.\n")
 	}
 	return b.String()
-}
-
-// equal compares in constant time (hashes first: lengths leak nothing).
-func equal(a, b string) bool {
-	x, y := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
-	return subtle.ConstantTimeCompare(x[:], y[:]) == 1
 }
 
 func reply(w http.ResponseWriter, status int, text string) {

@@ -3,7 +3,6 @@ package httpapi
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
@@ -85,7 +84,7 @@ func AdminRoutes(o AdminOptions) map[string]http.Handler {
 	routes := map[string]http.Handler{}
 	if o.AdminToken != "" {
 		routes["POST /admin/mattermost/setup"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !bearer(r, o.AdminToken) {
+			if tok, ok := Bearer(r); !ok || !SecretEqual(tok, o.AdminToken) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="mmgate admin"`)
 				WriteError(w, fault.New(fault.Unauthorized, "unauthorized", "send Authorization: Bearer <http.admin_token>"))
 				return
@@ -199,15 +198,6 @@ func setupFailure(err error) (int, string) {
 		return http.StatusServiceUnavailable, "mattermost_unavailable"
 	}
 	return http.StatusBadGateway, "setup_failed"
-}
-
-func bearer(r *http.Request, want string) bool {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return false
-	}
-	a, b := sha256.Sum256([]byte(strings.TrimSpace(tok))), sha256.Sum256([]byte(want))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
 func randomToken() string {

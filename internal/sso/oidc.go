@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -18,6 +17,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/mmgate/mmgate/internal/httpapi"
 )
 
 // AuthRequest is one authorization request from a client, from
@@ -323,8 +324,7 @@ func (s *storage) AuthorizeClientIDSecret(_ context.Context, id, secret string) 
 	if ok {
 		want = c.secret
 	}
-	a, b := sha256.Sum256([]byte(secret)), sha256.Sum256([]byte(want))
-	if subtle.ConstantTimeCompare(a[:], b[:]) != 1 || !ok {
+	if !httpapi.SecretEqual(secret, want) || !ok {
 		return oidc.ErrInvalidClient().WithDescription("wrong client_id or client_secret")
 	}
 	return nil
