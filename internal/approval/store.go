@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,21 +77,14 @@ func (s *Store) delete(ctx context.Context, id string) error {
 
 // Get reads an approval.
 func (s *Store) Get(ctx context.Context, id string) (*Approval, error) {
-	var data string
-	var version, cb int64
-	err := s.db.QueryRowContext(ctx, s.db.Q(`SELECT data, version, callback_at FROM approvals WHERE id = ?`), id).Scan(&data, &version, &cb)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
-	}
+	as, err := s.query(ctx, `SELECT data, version, callback_at FROM approvals WHERE id = ?`, id)
 	if err != nil {
 		return nil, err
 	}
-	a := &Approval{}
-	if err := json.Unmarshal([]byte(data), a); err != nil {
-		return nil, err
+	if len(as) == 0 {
+		return nil, ErrNotFound
 	}
-	a.version, a.callbackAt = version, cb
-	return a, nil
+	return as[0], nil
 }
 
 // save writes a changed approval if nobody else changed it since it was

@@ -231,7 +231,7 @@ func (s SSOConfig) TrustedPrefixes() ([]netip.Prefix, error) {
 		}
 		a, err := netip.ParseAddr(p)
 		if err != nil {
-			return nil, fmt.Errorf("sso.trusted_proxies[%d]: %q is not an address or CIDR (10.0.0.0/8)", i, p)
+			return nil, Problem{Path: fmt.Sprintf("sso.trusted_proxies[%d]", i), Msg: fmt.Sprintf("%q is not an address or CIDR (10.0.0.0/8)", p)}
 		}
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}

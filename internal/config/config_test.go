@@ -222,6 +222,7 @@ sso:
   issuer: "https://sso.corp.example/mmgate"
   upstream: ldap
   code_ttl: 1h
+  trusted_proxies: ["10.0.0.0/8", "192.0.2.1", "not-an-address"]
   clients:
     - id: mattermost
       secret: file:/nonexistent/secret
@@ -232,7 +233,7 @@ sso:
 `)
 	got, ps := problemPaths(t, p)
 	for _, want := range []string{"sso.issuer", "sso.upstream", "sso.code_ttl", "sso.clients[0].secret",
-		"sso.clients[0].redirect_uris[0]", "sso.clients[0].redirect_uris[1]", "sso.clients[1].id"} {
+		"sso.clients[0].redirect_uris[0]", "sso.clients[0].redirect_uris[1]", "sso.clients[1].id", "sso.trusted_proxies[2]"} {
 		if !got[want] {
 			t.Errorf("no problem at %s; got %v", want, ps)
 		}

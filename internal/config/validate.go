@@ -21,6 +21,9 @@ type Problem struct {
 	Msg  string
 }
 
+// Error makes a Problem an error (TrustedPrefixes returns one).
+func (p Problem) Error() string { return p.String() }
+
 func (p Problem) String() string {
 	if p.Path == "" {
 		return p.Msg
@@ -592,9 +595,9 @@ func (c Config) validateSSO(add func(string, string, ...any)) {
 			}
 		}
 	}
-	if _, err := s.TrustedPrefixes(); err != nil {
-		key, msg, _ := strings.Cut(err.Error(), ": ")
-		add(key, "%s", msg)
+	var bad Problem
+	if _, err := s.TrustedPrefixes(); errors.As(err, &bad) {
+		add(bad.Path, "%s", bad.Msg)
 	}
 	if s.CodeTTL < 0 || s.CodeTTL > 10*time.Minute {
 		add("sso.code_ttl", "must be between 0 (default 1m) and 10m (RFC 6749 §4.1.2)")
