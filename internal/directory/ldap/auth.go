@@ -59,32 +59,39 @@ type AuthOptions struct {
 // adDisabled is userAccountControl's ACCOUNTDISABLE bit.
 const adDisabled = 0x2
 
+// authAttrs are the attributes sign-in uses, settled for the server kind.
+type authAttrs struct {
+	ad    bool
+	login []string // compared with what the person types
+	user  string   // the username
+	mail  []string // the addresses, primary first
+	want  []string // every attribute to read
+}
+
 // authSetup resolves the attributes for the server kind.
-func (d *Directory) authSetup(ctx context.Context, o AuthOptions) (loginAttrs []string, userAttr string, want []string, err error) {
+func (d *Directory) authSetup(ctx context.Context, o AuthOptions) (authAttrs, error) {
 	ad, err := d.isAD(ctx)
 	if err != nil {
-		return nil, "", nil, err
+		return authAttrs{}, err
 	}
-	loginAttrs = o.LoginAttributes
-	if len(loginAttrs) == 0 {
-		loginAttrs = []string{"uid", "mail"}
+	at := authAttrs{ad: ad, login: o.LoginAttributes, user: o.UsernameAttribute}
+	if len(at.login) == 0 {
+		at.login = []string{"uid", "mail"}
 		if ad {
-			loginAttrs = []string{"sAMAccountName", "userPrincipalName", "mail"}
+			at.login = []string{"sAMAccountName", "userPrincipalName", "mail"}
 		}
 	}
-	userAttr = o.UsernameAttribute
-	if userAttr == "" {
-		userAttr = "uid"
+	if at.user == "" {
+		at.user = "uid"
 		if ad {
-			userAttr = "sAMAccountName"
+			at.user = "sAMAccountName"
 		}
 	}
-	mailAttrs, err := d.mailAttributes(ctx)
-	if err != nil {
-		return nil, "", nil, err
+	if at.mail, err = d.mailAttributes(ctx); err != nil {
+		return authAttrs{}, err
 	}
-	want = append([]string{"entryUUID", "objectGUID", "userAccountControl", userAttr, d.cfg.DisplayNameAttribute, "cn"}, mailAttrs...)
-	return loginAttrs, userAttr, want, nil
+	at.want = append([]string{"entryUUID", "objectGUID", "userAccountControl", at.user, d.cfg.DisplayNameAttribute, "cn"}, at.mail...)
+	return at, nil
 }
 
 // Authenticate finds the one person whose login attributes equal login and
@@ -100,17 +107,17 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	if login == "" || password == "" {
 		return Account{}, ErrBadCredentials
 	}
-	loginAttrs, userAttr, want, err := d.authSetup(ctx, o)
+	at, err := d.authSetup(ctx, o)
 	if err != nil {
 		return Account{}, err
 	}
 	var or strings.Builder
 	or.WriteString("(|")
-	for _, a := range loginAttrs {
+	for _, a := range at.login {
 		fmt.Fprintf(&or, "(%s=%s)", a, goldap.EscapeFilter(login))
 	}
 	or.WriteString(")")
-	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+or.String()+")", want)
+	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+or.String()+")", at.want)
 	if err != nil {
 		return Account{}, fmt.Errorf("LDAP search for the login: %w", err)
 	}
@@ -140,7 +147,7 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	if err != nil {
 		return Account{}, fault.Wrap(fault.Temporary, "directory_error", "LDAP bind as the person failed", err)
 	}
-	return d.account(e, userAttr)
+	return d.account(e, at)
 }
 
 // noteBind keeps a moving average of how long dial and bind take.
@@ -157,13 +164,12 @@ func (d *Directory) noteBind(took time.Duration) {
 // a sign-in from a session: ErrBadCredentials when the entry is gone,
 // *UnusableError when it is disabled or lost its email.
 func (d *Directory) AccountByID(ctx context.Context, id string, o AuthOptions) (Account, error) {
-	_, userAttr, want, err := d.authSetup(ctx, o)
+	at, err := d.authSetup(ctx, o)
 	if err != nil {
 		return Account{}, err
 	}
-	ad, _ := d.isAD(ctx)
 	var filter string
-	if ad {
+	if at.ad {
 		raw, err := hex.DecodeString(id)
 		if err != nil || len(raw) != 16 {
 			return Account{}, ErrBadCredentials
@@ -176,18 +182,19 @@ func (d *Directory) AccountByID(ctx context.Context, id string, o AuthOptions) (
 	} else {
 		filter = "(entryUUID=" + goldap.EscapeFilter(id) + ")"
 	}
-	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+filter+")", want)
+	entries, _, err := d.searchPeople(ctx, "(&"+d.cfg.UserFilter+filter+")", at.want)
 	if err != nil {
 		return Account{}, fmt.Errorf("LDAP search for the account: %w", err)
 	}
 	if len(entries) != 1 {
 		return Account{}, ErrBadCredentials
 	}
-	return d.account(entries[0], userAttr)
+	return d.account(entries[0], at)
 }
 
 // account reads a person's entry after a successful bind or lookup.
-func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
+func (d *Directory) account(e *goldap.Entry, at authAttrs) (Account, error) {
+	userAttr := at.user
 	if uac, err := strconv.ParseInt(e.GetEqualFoldAttributeValue("userAccountControl"), 10, 64); err == nil && uac&adDisabled != 0 {
 		return Account{}, &UnusableError{Reason: "the account is disabled in the directory"}
 	}
@@ -195,11 +202,7 @@ func (d *Directory) account(e *goldap.Entry, userAttr string) (Account, error) {
 	if a.ID == "" {
 		return Account{}, &UnusableError{Reason: "the directory entry has neither entryUUID nor objectGUID, so it cannot be given a permanent identity"}
 	}
-	mailAttrs := d.cfg.MailAttributes
-	if len(mailAttrs) == 0 {
-		mailAttrs = []string{"mail", "proxyAddresses"}
-	}
-	if addrs := addresses(e, mailAttrs); len(addrs) > 0 {
+	if addrs := addresses(e, at.mail); len(addrs) > 0 {
 		a.Email = addrs[0]
 	}
 	if a.Email == "" {
