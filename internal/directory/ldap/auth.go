@@ -142,6 +142,9 @@ func (d *Directory) Authenticate(ctx context.Context, login, password string, o 
 	count("user_bind", err)
 	d.noteBind(time.Since(start))
 	if goldap.IsErrorWithCode(err, goldap.LDAPResultInvalidCredentials) {
+		if reason := adRefusal(err); reason != "" {
+			return Account{}, &UnusableError{Reason: reason}
+		}
 		return Account{}, &WrongPasswordError{DN: e.DN, ID: entryID(e)}
 	}
 	if err != nil {
@@ -190,6 +193,30 @@ func (d *Directory) AccountByID(ctx context.Context, id string, o AuthOptions) (
 		return Account{}, ErrBadCredentials
 	}
 	return d.account(entries[0], at)
+}
+
+// adRefusal is why Active Directory (or Samba AD) refused a bind whose
+// password was right: its "data NNN" sub-code, which it sends only once the
+// password is checked (a wrong one is 52e). "" for anything else, a wrong
+// password included.
+func adRefusal(err error) string {
+	msg := err.Error()
+	i := strings.Index(msg, ", data ")
+	if i < 0 {
+		return ""
+	}
+	code, _, _ := strings.Cut(msg[i+len(", data "):], ",")
+	switch strings.TrimSpace(code) {
+	case "533":
+		return "the account is disabled in the directory"
+	case "701":
+		return "the account has expired in the directory"
+	case "532":
+		return "the password has expired: change it, then sign in again"
+	case "773":
+		return "the password must be changed before signing in: change it, then sign in again"
+	}
+	return ""
 }
 
 // account reads a person's entry after a successful bind or lookup.

@@ -414,3 +414,18 @@ func TestAuthenticateByUsernameOrEmail(t *testing.T) {
 		t.Errorf("directory down: %v, want a temporary error that is not ErrBadCredentials", err)
 	}
 }
+
+// The sub-codes Active Directory (here as Samba AD sends them) gives a
+// refused bind: only those sent after the password was checked say why.
+func TestADRefusalReasons(t *testing.T) {
+	const prefix = `LDAP Result Code 49 "Invalid Credentials": 80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data `
+	for code, want := range map[string]string{"533": "disabled", "701": "expired", "532": "password has expired",
+		"773": "must be changed", "52e": "", "775": "", "525": ""} {
+		if got := adRefusal(errors.New(prefix + code + ", v1db1")); (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("data %s: %q, want %q", code, got, want)
+		}
+	}
+	if got := adRefusal(errors.New(`LDAP Result Code 49 "Invalid Credentials": `)); got != "" {
+		t.Errorf("OpenLDAP's refusal: %q", got)
+	}
+}

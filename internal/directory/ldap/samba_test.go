@@ -82,9 +82,14 @@ func TestSambaActiveDirectory(t *testing.T) {
 	if _, err := d.Authenticate(ctx, "fjones", "wrong", AuthOptions{}); !errors.As(err, &wp) || wp.ID != first.ID {
 		t.Errorf("wrong password: %v", err)
 	}
-	// A disabled account: AD refuses its bind (invalid credentials), so it
-	// is a wrong password, never a sign-in.
-	if _, err := d.Authenticate(ctx, "gone", "Gone-Passw0rd!", AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
-		t.Errorf("a disabled account: %v, want ErrBadCredentials", err)
+	// A disabled account: AD refuses its bind ("data 533" once the password
+	// is right), and the person is told why, not "wrong password"; with a
+	// wrong password it stays a wrong password (52e), telling nothing.
+	var ue *UnusableError
+	if _, err := d.Authenticate(ctx, "gone", "Gone-Passw0rd!", AuthOptions{}); !errors.As(err, &ue) || !strings.Contains(ue.Reason, "disabled") {
+		t.Errorf("a disabled account, right password: %v, want UnusableError (disabled)", err)
+	}
+	if _, err := d.Authenticate(ctx, "gone", "wrong", AuthOptions{}); !errors.Is(err, ErrBadCredentials) {
+		t.Errorf("a disabled account, wrong password: %v, want ErrBadCredentials", err)
 	}
 }
