@@ -26,6 +26,8 @@ type fakeMM struct {
 	mu    sync.Mutex
 	users map[string]*mattermost.User
 	posts map[string]*mattermost.Post
+	// outsiders are users in no channel; everyone else is in every one.
+	outsiders map[string]bool
 	n     int
 }
 
@@ -99,7 +101,9 @@ func (f *fakeMM) DeletePost(_ context.Context, id string) error {
 	delete(f.posts, id)
 	return nil
 }
-func (f *fakeMM) IsChannelMember(context.Context, string, string) (bool, error) { return true, nil }
+func (f *fakeMM) IsChannelMember(_ context.Context, _, userID string) (bool, error) {
+	return !f.outsiders[userID], nil
+}
 
 func newService(t testing.TB) (*Service, *fakeMM) {
 	t.Helper()
@@ -384,5 +388,33 @@ func TestAPIAuthentication(t *testing.T) {
 		if (err == nil) != c.ok || (c.ok && client != "deploy") {
 			t.Errorf("%s: client %q, err %v", name, client, err)
 		}
+	}
+}
+
+// Reviewers given as a channel only: its members may decide, others not.
+func TestChannelMembersDecide(t *testing.T) {
+	s, mm := newService(t)
+	mm.outsiders = map[string]bool{"u-carol": true}
+	ctx := context.Background()
+	a, err := s.Create(ctx, "deploy", Request{Requester: "alice", What: "x", Reviewers: Reviewers{Channel: "team/ops"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := s.sign(a.ID, "approve", "", time.Now().Add(time.Hour))
+	click := func(user string) string {
+		b, _ := json.Marshal(map[string]any{"user_id": user, "post_id": a.Posts[0].PostID, "context": map[string]any{"token": tok}})
+		_, out := post(s.HandleAction, b)
+		txt, _ := out["ephemeral_text"].(string)
+		return txt
+	}
+	if got := click("u-carol"); !strings.Contains(got, "not a reviewer") {
+		t.Errorf("carol, not in the channel: %q", got)
+	}
+	if got, _ := s.o.Store.Get(ctx, a.ID); got.State != Pending {
+		t.Fatalf("an outsider decided: %+v", got)
+	}
+	click("u-bob")
+	if got, _ := s.o.Store.Get(ctx, a.ID); got.State != Approved {
+		t.Errorf("bob, a member: %+v", got)
 	}
 }
