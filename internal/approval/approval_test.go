@@ -28,7 +28,7 @@ type fakeMM struct {
 	posts map[string]*mattermost.Post
 	// outsiders are users in no channel; everyone else is in every one.
 	outsiders map[string]bool
-	n     int
+	n         int
 }
 
 var errNotFound = &mattermost.APIError{Status: http.StatusNotFound}
