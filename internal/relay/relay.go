@@ -40,7 +40,8 @@ import (
 
 // Spool is what the relay needs from the spool.
 type Spool interface {
-	OpenBody(ctx context.Context, id string) (io.ReadCloser, error)
+	// Body is the raw mail of the message Handle was given.
+	Body(ctx context.Context, msg spool.Message) (io.ReadCloser, error)
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
 	LedgerDone(ctx context.Context, msgID, dest, part, postID string) error
@@ -194,7 +195,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 	if dry != nil {
 		body = io.NopCloser(dry.raw)
 	} else {
-		body, err = r.o.Spool.OpenBody(ctx, msg.ID)
+		body, err = r.o.Spool.Body(ctx, msg)
 	}
 	if fault.Is(err, fault.NotFound) {
 		// Retrying cannot bring back raw mail that is gone: an operator must look.

@@ -25,10 +25,12 @@ type fakeSpool struct {
 	ledger map[string]spool.LedgerEntry
 	claims map[string]string
 	events []string
+	// attempts counts each message's attempts, as the spool's claim does.
+	attempts map[string]int
 }
 
 func newFakeSpool() *fakeSpool {
-	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}, claims: map[string]string{}}
+	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}, claims: map[string]string{}, attempts: map[string]int{}}
 }
 
 func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spool.Claim, error) {
@@ -49,7 +51,8 @@ func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spoo
 	return spool.Claim{Holder: id}, nil
 }
 
-func (s *fakeSpool) OpenBody(_ context.Context, id string) (io.ReadCloser, error) {
+func (s *fakeSpool) Body(_ context.Context, msg spool.Message) (io.ReadCloser, error) {
+	id := msg.ID
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.raw[id]
@@ -220,8 +223,10 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) handle(id, sender string, rcpts []string, raw string) spool.Outcome {
 	h.sp.mu.Lock()
 	h.sp.raw[id] = []byte(raw)
+	h.sp.attempts[id]++
+	attempt := h.sp.attempts[id]
 	h.sp.mu.Unlock()
-	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(),
+	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt,
 		Envelope: spool.Envelope{Intake: "smtp", Sender: sender, Recipients: rcpts}}))
 }
 
@@ -397,8 +402,10 @@ func TestMattermostErrorsDecideRetryOrQuarantine(t *testing.T) {
 func (h *harness) handleEnv(id string, env spool.Envelope, raw string) spool.Outcome {
 	h.sp.mu.Lock()
 	h.sp.raw[id] = []byte(raw)
+	h.sp.attempts[id]++
+	attempt := h.sp.attempts[id]
 	h.sp.mu.Unlock()
-	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Envelope: env}))
+	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt, Envelope: env}))
 }
 
 // The same mail stored twice (two intakes, a resend after a lost 250) is
@@ -523,7 +530,7 @@ type bodySpool struct {
 	open func() (io.ReadCloser, error)
 }
 
-func (s bodySpool) OpenBody(context.Context, string) (io.ReadCloser, error) { return s.open() }
+func (s bodySpool) Body(context.Context, spool.Message) (io.ReadCloser, error) { return s.open() }
 
 func TestUnreadableBodyRetriesMissingBodyQuarantines(t *testing.T) {
 	h := newHarness(t)

@@ -60,23 +60,41 @@ func getRow(ctx context.Context, q dbtx, id string) (msgRow, error) {
 // OpenBody returns the raw message; fault.NotFound if the message is unknown
 // or its body was purged.
 func (s *Spool) OpenBody(ctx context.Context, id string) (io.ReadCloser, error) {
-	r, err := getRow(ctx, s.q, id)
+	if !validID(id) {
+		return nil, notFound(id)
+	}
+	purged, isInline, inline, err := sqlBodyRef(ctx, s.q, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound(id)
+	}
 	if err != nil {
-		if fault.Is(err, fault.NotFound) {
-			return nil, err
-		}
 		return nil, dbErr(err)
 	}
-	if r.BodyPurged {
+	if purged {
 		return nil, fault.New(fault.NotFound, "body_purged", fmt.Sprintf("raw message %s was removed after retention", id))
 	}
-	data, err := sqlInlineBody(ctx, s.q, id)
-	if err == nil {
-		return io.NopCloser(bytes.NewReader(data)), nil
+	if isInline {
+		return io.NopCloser(bytes.NewReader(inline)), nil
 	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return nil, dbErr(err)
+	return s.openBlob(id)
+}
+
+// Body returns msg's raw mail. On the Message a Handler is given it reads
+// without a database query (the attempt's claim found where the bytes are);
+// on any other, it is OpenBody.
+func (s *Spool) Body(ctx context.Context, msg Message) (io.ReadCloser, error) {
+	ref := msg.body
+	switch {
+	case ref == nil || msg.BodyPurged:
+		return s.OpenBody(ctx, msg.ID)
+	case ref.inline:
+		return io.NopCloser(bytes.NewReader(ref.data)), nil
+	default:
+		return s.openBlob(msg.ID)
 	}
+}
+
+func (s *Spool) openBlob(id string) (io.ReadCloser, error) {
 	rc, err := s.blobs.Open(id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fault.Wrap(fault.NotFound, "body_missing", fmt.Sprintf("raw message %s is missing", id), err)

@@ -57,11 +57,14 @@
 // Every queued or retrying message has exactly one live River job, whose id is
 // stored in messages.job_id. A job whose id is not the message's current job
 // (stale after a Release) or whose message is no longer queued/retrying
-// completes without calling the Handler. Posted and quarantined outcomes
-// complete the job in the same transaction that changes the message's state
-// (river.JobCompleteTx); a retry commits the new state, then snoozes the job
-// (river.JobSnooze does not consume River attempts, and jobs are inserted with
-// a practically unlimited MaxAttempts, so a message never runs out of them).
+// completes without calling the Handler. An attempt commits twice: its claim
+// (attempt count and "attempt" event) and its outcome (state and the
+// attempt's history), each one statement on PostgreSQL. After a posted or
+// quarantined outcome the job completes when Work returns (River batches
+// those); if that is lost, the job runs again as a stale one. A retry
+// snoozes the job (river.JobSnooze does not consume River attempts, and jobs
+// are inserted with a practically unlimited MaxAttempts, so a message never
+// runs out of them).
 // An operator's Retry makes the job available now, or, if the job is running,
 // gives the message a new job (the old one then completes as stale).
 //

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
@@ -20,7 +19,6 @@ import (
 type queue interface {
 	insert(ctx context.Context, tx txn, args deliverArgs, opts *river.InsertOpts) (int64, error)
 	insertMany(ctx context.Context, tx txn, params []river.InsertManyParams) ([]int64, error)
-	complete(ctx context.Context, tx txn, job *river.Job[deliverArgs]) error
 	get(ctx context.Context, tx txn, id int64) (*rivertype.JobRow, error)
 	retry(ctx context.Context, tx txn, id int64) error
 	migrate(ctx context.Context, tx txn) error
@@ -37,12 +35,10 @@ type queue interface {
 type riverQueue[TTx any] struct {
 	client   *river.Client[TTx]
 	driver   riverdriver.Driver[TTx]
-	doneTx   func(ctx context.Context, tx TTx, job *river.Job[deliverArgs]) error
 	migrator *rivermigrate.Migrator[TTx]
 }
 
-func newRiverQueue[TTx any](driver riverdriver.Driver[TTx], cfg *river.Config,
-	done func(ctx context.Context, tx TTx, job *river.Job[deliverArgs]) error) (*riverQueue[TTx], error) {
+func newRiverQueue[TTx any](driver riverdriver.Driver[TTx], cfg *river.Config) (*riverQueue[TTx], error) {
 	c, err := river.NewClient(driver, cfg)
 	if err != nil {
 		return nil, err
@@ -51,21 +47,15 @@ func newRiverQueue[TTx any](driver riverdriver.Driver[TTx], cfg *river.Config,
 	if err != nil {
 		return nil, err
 	}
-	return &riverQueue[TTx]{client: c, driver: driver, doneTx: done, migrator: m}, nil
+	return &riverQueue[TTx]{client: c, driver: driver, migrator: m}, nil
 }
 
 func newSQLiteQueue(db *sql.DB, cfg *river.Config) (queue, error) {
-	return newRiverQueue(riversqlite.New(db), cfg, func(ctx context.Context, tx *sql.Tx, job *river.Job[deliverArgs]) error {
-		_, err := river.JobCompleteTx[*riversqlite.Driver](ctx, tx, job)
-		return err
-	})
+	return newRiverQueue(riversqlite.New(db), cfg)
 }
 
 func newPostgresQueue(db *postgresDB, cfg *river.Config) (queue, error) {
-	return newRiverQueue(riverpgxv5.New(db.pool), cfg, func(ctx context.Context, tx pgx.Tx, job *river.Job[deliverArgs]) error {
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
-	})
+	return newRiverQueue(riverpgxv5.New(db.pool), cfg)
 }
 
 func (q *riverQueue[TTx]) tx(t txn) TTx {
@@ -94,10 +84,6 @@ func (q *riverQueue[TTx]) insertMany(ctx context.Context, t txn, params []river.
 		ids[i] = r.Job.ID
 	}
 	return ids, nil
-}
-
-func (q *riverQueue[TTx]) complete(ctx context.Context, t txn, job *river.Job[deliverArgs]) error {
-	return q.doneTx(ctx, q.tx(t), job)
 }
 
 func (q *riverQueue[TTx]) get(ctx context.Context, t txn, id int64) (*rivertype.JobRow, error) {

@@ -334,23 +334,106 @@ func sqlSetInfo(ctx context.Context, q dbtx, id, app, subject, messageID string,
 	return n > 0, err
 }
 
+// claimSQL counts a delivery attempt for the message's current job; it
+// matches nothing once the job no longer owns a queued/retrying message.
+const claimSQL = `UPDATE messages SET attempt = attempt + 1, updated_at = ?
+	WHERE id = ? AND job_id = ? AND state IN ('queued','retrying') RETURNING ` + msgCols
+
+var claimPGSQL = `WITH m AS (` + claimSQL + `),
+	e AS (INSERT INTO events (message_id, at, kind, detail) SELECT id, updated_at, 'attempt', 'attempt ' || attempt FROM m)
+	SELECT ` + prefixCols("m.", msgCols) + `, b.id IS NOT NULL, b.data FROM m LEFT JOIN bodies b ON b.id = m.id`
+
 // sqlClaim records the start of a delivery attempt for the message's current
-// job and returns the message; sql.ErrNoRows when the job no longer owns a
-// queued/retrying message.
-func sqlClaim(ctx context.Context, q dbtx, id string, jobID int64, now time.Time) (msgRow, error) {
-	return scanMsg(q.QueryRowContext(ctx, `UPDATE messages SET attempt = attempt + 1, updated_at = ?
-		WHERE id = ? AND job_id = ? AND state IN ('queued','retrying') RETURNING `+msgCols, toDB(now), id, jobID))
+// job, with its "attempt" event, and returns the message and where its raw
+// mail is; sql.ErrNoRows when the job no longer owns a queued/retrying
+// message. On PostgreSQL it is one statement (one round trip, one commit);
+// SQLite has no data-modifying WITH, so there q is the transaction that
+// holds the three statements.
+func sqlClaim(ctx context.Context, q dbtx, pg bool, id string, jobID int64, now time.Time) (msgRow, error) {
+	ref := &bodyRef{}
+	if pg {
+		r, err := scanMsg(withExtra(q.QueryRowContext(ctx, claimPGSQL, toDB(now), id, jobID), &ref.inline, &ref.data))
+		r.body = ref
+		return r, err
+	}
+	r, err := scanMsg(q.QueryRowContext(ctx, claimSQL, toDB(now), id, jobID))
+	if err != nil {
+		return r, err
+	}
+	if _, err := q.ExecContext(ctx, insertEventSQL, id, toDB(now), "attempt", fmt.Sprintf("attempt %d", r.Attempt)); err != nil {
+		return r, err
+	}
+	_, ref.inline, ref.data, err = sqlBodyRef(ctx, q, id)
+	r.body = ref
+	return r, err
 }
 
-// sqlFinish records a delivery outcome on a queued/retrying message and
-// returns the message's current job; ok is false if the message is no
-// longer queued/retrying. (During a delivery only an operator's Retry can
-// change the message, and only its job, so the outcome still applies.)
-func sqlFinish(ctx context.Context, q dbtx, id string, state State, lastError, reason string, nextTry, now time.Time) (jobID int64, app string, ok bool, err error) {
-	var job sql.NullInt64
-	err = q.QueryRowContext(ctx, `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?
-		WHERE id = ? AND state IN ('queued','retrying') RETURNING job_id, app`,
-		string(state), lastError, reason, nullTime(nextTry), toDB(now), id).Scan(&job, &app)
+// withExtra scans a row's trailing columns into extra, after the ones a
+// scan function (scanMsg) knows.
+func withExtra(sc scanner, extra ...any) scanner { return extraScanner{sc, extra} }
+
+type extraScanner struct {
+	sc    scanner
+	extra []any
+}
+
+func (e extraScanner) Scan(dest ...any) error { return e.sc.Scan(append(dest, e.extra...)...) }
+
+// finishSQL records a delivery outcome (and what the handler learned of the
+// message: empty fields are left unchanged) on a queued/retrying message.
+const finishSQL = `UPDATE messages SET state = ?, last_error = ?, reason = ?, next_try = ?, updated_at = ?,
+	app = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE app END,
+	subject = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE subject END,
+	message_id = CASE WHEN CAST(? AS TEXT) <> '' THEN CAST(? AS TEXT) ELSE message_id END
+	WHERE id = ? AND state IN ('queued','retrying') RETURNING id, job_id, app`
+
+// finish is one delivery outcome as sqlFinish writes it.
+type finish struct {
+	id                string
+	state             State
+	lastError, reason string
+	nextTry, now      time.Time
+	info              Info
+	events            []Event // At set
+}
+
+// sqlFinish records a delivery outcome and its events on a queued/retrying
+// message and returns the message's current job; ok is false (and nothing
+// is written) if the message is no longer queued/retrying. (During a
+// delivery only an operator's Retry can change the message, and only its
+// job, so the outcome still applies.) On PostgreSQL (tx nil) it is one
+// statement on q; SQLite has no data-modifying WITH, so there both
+// statements run in tx.
+func sqlFinish(ctx context.Context, q dbtx, tx txn, f finish) (jobID int64, app string, ok bool, err error) {
+	args := []any{string(f.state), f.lastError, f.reason, nullTime(f.nextTry), toDB(f.now),
+		f.info.App, f.info.App, f.info.Subject, f.info.Subject, f.info.MessageID, f.info.MessageID, f.id}
+	var (
+		job sql.NullInt64
+		id  string
+	)
+	if tx == nil {
+		ats := make([]int64, len(f.events))
+		kinds := make([]string, len(f.events))
+		details := make([]string, len(f.events))
+		for i, e := range f.events {
+			ats[i], kinds[i], details[i] = toDB(e.At), e.Kind, e.Detail
+		}
+		err = q.QueryRowContext(ctx, `WITH u AS (`+finishSQL+`),
+			e AS (INSERT INTO events (message_id, at, kind, detail)
+				SELECT u.id, x.at, x.kind, x.detail FROM u,
+					unnest(CAST(? AS BIGINT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) WITH ORDINALITY AS x(at, kind, detail, n)
+				ORDER BY x.n)
+			SELECT id, job_id, app FROM u`, append(args, ats, kinds, details)...).Scan(&id, &job, &app)
+	} else {
+		err = tx.QueryRowContext(ctx, finishSQL, args...).Scan(&id, &job, &app)
+		if err == nil && len(f.events) > 0 {
+			evs := make([][]any, len(f.events))
+			for i, e := range f.events {
+				evs[i] = []any{f.id, toDB(e.At), e.Kind, e.Detail}
+			}
+			err = tx.execMany(ctx, insertEventSQL, evs)
+		}
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, "", false, nil
 	}
@@ -402,11 +485,14 @@ func sqlPurgeCandidates(ctx context.Context, q dbtx, cutoff time.Time, limit int
 	return ids, rows.Err()
 }
 
-// sqlInlineBody returns an inline body; sql.ErrNoRows when the body is not inline.
-func sqlInlineBody(ctx context.Context, q dbtx, id string) ([]byte, error) {
-	var data []byte
-	err := q.QueryRowContext(ctx, `SELECT data FROM bodies WHERE id = ?`, id).Scan(&data)
-	return data, err
+// sqlBodyRef reads, in one query, whether the message's raw bytes were
+// purged and whether (and then what) they are stored inline rather than in
+// the blob store; sql.ErrNoRows when the message is unknown.
+func sqlBodyRef(ctx context.Context, q dbtx, id string) (purged, isInline bool, inline []byte, err error) {
+	var p, in int64
+	err = q.QueryRowContext(ctx, `SELECT m.body_purged, CASE WHEN b.id IS NULL THEN 0 ELSE 1 END, b.data
+		FROM messages m LEFT JOIN bodies b ON b.id = m.id WHERE m.id = ?`, id).Scan(&p, &in, &inline)
+	return p != 0, in != 0, inline, err
 }
 
 func sqlMarkPurged(ctx context.Context, q dbtx, id string, now time.Time) error {

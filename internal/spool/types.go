@@ -54,6 +54,17 @@ type Message struct {
 	Reason     string    // quarantine reason
 	UpdatedAt  time.Time
 	BodyPurged bool // raw mail removed after retention
+
+	// body is where the raw mail is, as the delivery's claim read it (only
+	// on the Message a Handler is given): Spool.Body then needs no query.
+	body *bodyRef
+}
+
+// bodyRef is a message's raw mail: the bytes when stored inline, else in the
+// blob store.
+type bodyRef struct {
+	inline bool
+	data   []byte
 }
 
 // Event is one line of a message's history.

@@ -78,25 +78,30 @@ func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error 
 }
 
 // claim counts the attempt if jobID still owns a queued/retrying message,
-// and records it in the history, in one transaction (one commit).
+// and records it in the history, atomically (one commit; on PostgreSQL one
+// round trip).
 func (s *Spool) claim(ctx context.Context, id string, jobID int64) (msgRow, bool, error) {
 	now := s.now()
-	var r msgRow
-	owned := false
-	err := s.withTx(ctx, func(tx txn) error {
-		var err error
-		r, err = sqlClaim(ctx, tx, id, jobID, now)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
+	var (
+		r   msgRow
+		err error
+	)
+	if s.q.postgres() {
+		r, err = sqlClaim(ctx, s.q, true, id, jobID, now)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			err = dbErr(err)
 		}
-		if err != nil {
+	} else {
+		err = s.withTx(ctx, func(tx txn) error {
+			var err error
+			r, err = sqlClaim(ctx, tx, false, id, jobID, now)
 			return err
-		}
-		owned = true
-		_, err = sqlAddEvent(ctx, tx, id, now, "attempt", fmt.Sprintf("attempt %d", r.Attempt))
-		return err
-	})
-	if err != nil || !owned {
+		})
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return msgRow{}, false, nil
+	}
+	if err != nil {
 		return msgRow{}, false, err
 	}
 	return r, true, nil
@@ -178,45 +183,47 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], r
 		detail = fmt.Sprintf("attempt %d failed: %s; next try in %s", msg.Attempt, lastError, delay.Round(time.Millisecond))
 	}
 
+	f := finish{id: id, state: state, lastError: lastError, reason: reason, nextTry: nextTry, now: now,
+		events: make([]Event, 0, len(out.Events)+1)}
+	if out.Info != nil {
+		f.info = *out.Info
+	}
+	for _, e := range out.Events {
+		if e.At.IsZero() {
+			e.At = now
+		}
+		f.events = append(f.events, e)
+	}
+	f.events = append(f.events, Event{At: now, Kind: eventKind, Detail: detail})
+	// The message's state, the attempt's history and the outcome commit
+	// together. The job is left to River: a retry snoozes it (below), any
+	// other outcome completes it when Work returns. Should that be lost (a
+	// crash just after this commit), the job runs again, finds the message
+	// no longer queued/retrying (claim) and completes without delivering.
 	var (
-		applied, snooze bool
-		app             string
+		applied    bool
+		currentJob int64
+		app        string
+		err        error
 	)
-	err := s.withTx(ctx, func(tx txn) error {
-		if in := out.Info; in != nil && (in.App != "" || in.Subject != "" || in.MessageID != "") {
-			if _, err := sqlSetInfo(ctx, tx, id, in.App, in.Subject, in.MessageID, now); err != nil {
-				return err
-			}
+	if s.q.postgres() {
+		currentJob, app, applied, err = sqlFinish(ctx, s.q, nil, f)
+		if err != nil {
+			err = dbErr(err)
 		}
-		currentJob, curApp, ok, err := sqlFinish(ctx, tx, id, state, lastError, reason, nextTry, now)
-		if err != nil || !ok {
+	} else {
+		err = s.withTx(ctx, func(tx txn) error {
+			var err error
+			currentJob, app, applied, err = sqlFinish(ctx, tx, tx, f)
 			return err
-		}
-		app = curApp
-		evs := make([][]any, 0, len(out.Events)+1)
-		for _, e := range out.Events {
-			at := e.At
-			if at.IsZero() {
-				at = now
-			}
-			evs = append(evs, []any{id, toDB(at), e.Kind, e.Detail})
-		}
-		evs = append(evs, []any{id, toDB(now), eventKind, detail})
-		if err := tx.execMany(ctx, insertEventSQL, evs); err != nil {
-			return err
-		}
-		applied = true
-		// A retry snoozes this job, unless an operator's Retry gave the
-		// message a new job meanwhile. River records a snooze after Work
-		// returns; a crash in between leaves the job "running", which the
-		// next Open makes available, so the retry only comes early.
-		if state == StateRetrying && currentJob == job.ID {
-			snooze = true
-			return nil
-		}
-		// Otherwise the job ends with the message's state, atomically.
-		return s.jobs.complete(ctx, tx, job)
-	})
+		})
+	}
+	// A retry snoozes this job, unless an operator's Retry gave the message
+	// a new job meanwhile (the old one then completes). River records a
+	// snooze after Work returns; a crash in between leaves the job
+	// "running", which is made available again, so the retry only comes
+	// early.
+	snooze := applied && state == StateRetrying && currentJob == job.ID
 	if err != nil {
 		s.log.Error("spool: recording delivery outcome failed; will run again", "id", id, "outcome", out.Kind.String(), "err", err)
 		return err

@@ -70,7 +70,7 @@ now_ns() { date +%s%N; }
 # verdict VALUE OP TARGET → PASS/MISS (OP: ge or le); "n/a" value → MISS.
 verdict() {
 	awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
-		if (v == "" || v == "n/a" || v < 0) { print "MISS"; exit }
+		if (v !~ /^[0-9]+(\.[0-9]+)?$/) { print "MISS"; exit }
 		if ((op == "ge" && v+0 >= t+0) || (op == "le" && v+0 <= t+0)) print "PASS"; else print "MISS" }'
 }
 # result_var PREFIX LINE: sets PREFIX_key=value for each key=value of a RESULT line.
@@ -549,7 +549,7 @@ else
 	EXTRA_YAML=
 	stop_pid "$d_pid"
 	pg_stop
-	ratio=$(awk -v a="${rates[0]}" -v b="${rates[1]}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", b/a; else print "n/a"}')
+	ratio=$(awk -v a="${rates[0]:-}" -v b="${rates[1]:-}" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && a > 0 && b > 0) printf "%.2f", b/a; else print "n/a"}')
 	add_row "5. two replicas / one, delivery rate" ">= 1.6x" "${ratio}x (${rates[0]} → ${rates[1]} msgs/s)" "$(verdict "$ratio" ge 1.6)"
 fi
 fi

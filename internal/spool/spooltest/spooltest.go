@@ -56,6 +56,7 @@ func Run(t *testing.T, newStorage NewStorage) {
 		{"DeliveryClaims", testClaims},
 		{"LargeBodiesInTheBlobStore", testLargeBodies},
 		{"HandlerEventsInHistory", testHandlerEvents},
+		{"HandlerReadsItsBody", testHandlerBody},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStorage) })
@@ -991,6 +992,37 @@ func testLargeBodies(t *testing.T, newStorage NewStorage) {
 	}
 }
 
+// testHandlerBody: Body gives a Handler the raw mail of the message it was
+// handed (read with the claim), inline and in the blob store alike, and
+// reads any other Message's from the database.
+func testHandlerBody(t *testing.T, newStorage NewStorage) {
+	rec := newRecorder(nil)
+	s := open(t, fast(newStorage(t), rec))
+	start(t, s)
+	ctx := context.Background()
+	small, large := body(1<<10), body(200<<10)
+	for _, b := range [][]byte{small, large} {
+		id := accept(t, s, b)
+		waitState(t, s, id, spool.StatePosted)
+		seen := rec.messages(id)[0]
+		stored, _, err := s.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, m := range map[string]spool.Message{"handed to the Handler": seen, "from Get": stored} {
+			rc, err := s.Body(ctx, m)
+			if err != nil {
+				t.Fatalf("Body(%d bytes, %s): %v", len(b), name, err)
+			}
+			got, err := io.ReadAll(rc)
+			_ = rc.Close()
+			if err != nil || !bytes.Equal(got, b) {
+				t.Errorf("Body(%d bytes, %s) = %d bytes, %v; want the accepted bytes", len(b), name, len(got), err)
+			}
+		}
+	}
+}
+
 // testHandlerEvents: the history lines a Handler returns are written with its
 // outcome, in order, before the outcome's own line, on every kind of outcome.
 func testHandlerEvents(t *testing.T, newStorage NewStorage) {
@@ -1017,6 +1049,13 @@ func testHandlerEvents(t *testing.T, newStorage NewStorage) {
 	}
 	if evs[2].Detail != "call 1" || evs[6].Detail != "call 2" {
 		t.Errorf("handler events out of order: %+v", evs)
+	}
+	// Each attempt's line says which attempt it was, at the time it started.
+	if evs[1].Detail != "attempt 1" || evs[5].Detail != "attempt 2" {
+		t.Errorf("attempt lines %q, %q; want \"attempt 1\", \"attempt 2\"", evs[1].Detail, evs[5].Detail)
+	}
+	if evs[1].At.Before(evs[0].At) || evs[5].At.Before(evs[4].At) || evs[5].At.After(evs[8].At) {
+		t.Errorf("attempt lines out of time order: %+v", evs)
 	}
 	// The outcome's Info is recorded with it; empty fields keep what was there.
 	m, _, err := s.Get(context.Background(), id)
