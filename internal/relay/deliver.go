@@ -91,7 +91,7 @@ func humanSize(n int64) string {
 }
 
 // deliver posts every part of m into d that the ledger does not have yet.
-func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, note func(string, string, ...any)) error {
+func (r *Relay) deliver(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, note func(string, string, ...any)) error {
 	parts := plan(m, r.maxRunes(ctx, app), app.MaxAttachmentBytes)
 	from := ""
 	if len(m.From) > 0 {
@@ -99,7 +99,7 @@ func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mai
 	}
 	rootID := ""
 	for _, p := range parts {
-		postID, err := r.postPart(ctx, app, msg, m, d, p, rootID, from, note)
+		postID, err := r.postPart(ctx, at, app, msg, m, d, p, rootID, from, note)
 		if err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func (r *Relay) deliver(ctx context.Context, app *App, msg spool.Message, m *mai
 
 func partKey(msgID, dest, part string) string { return msgID + "/" + dest + "/" + part }
 
-func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string, note func(string, string, ...any)) (string, error) {
+func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string, note func(string, string, ...any)) (string, error) {
 	sp := r.o.Spool
 	var (
 		e     spool.LedgerEntry
@@ -161,6 +161,15 @@ func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *ma
 			fileIDs = append(fileIDs, fi.ID)
 		}
 	}
+	// The attempt's earlier posts are recorded before this one's intent.
+	for len(at.posts) > 0 {
+		q := at.posts[0]
+		if err := sp.LedgerDone(ctx, msg.ID, q.Dest, q.Part, q.PostID); err != nil {
+			// The rest go with the outcome.
+			return "", fmt.Errorf("recording post %s: %w", q.PostID, err)
+		}
+		at.posts = at.posts[1:]
+	}
 	if err := sp.LedgerIntent(ctx, msg.ID, d.key, p.name, d.channelID); err != nil {
 		return "", fmt.Errorf("recording intent: %w", err)
 	}
@@ -171,10 +180,10 @@ func (r *Relay) postPart(ctx context.Context, app *App, msg spool.Message, m *ma
 	if err != nil {
 		return "", err
 	}
-	if err := sp.LedgerDone(ctx, msg.ID, d.key, p.name, got.ID); err != nil {
-		// The post exists; the intent lets the next attempt find it.
-		return "", fmt.Errorf("recording post %s: %w", got.ID, err)
-	}
+	// Recorded before the attempt's next intent, or with its outcome. Until
+	// then (or should neither commit) the intent lets the next attempt
+	// find the post.
+	at.posts = append(at.posts, spool.Post{Dest: d.key, Part: p.name, PostID: got.ID})
 	return got.ID, nil
 }
 

@@ -43,8 +43,7 @@ func (r *Relay) Explain(ctx context.Context, raw io.Reader, env spool.Envelope) 
 	note := func(kind, format string, a ...any) {
 		ex.Events = append(ex.Events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
-	var info spool.Info
-	ex.Outcome = r.handle(ctx, spool.Message{ID: "explain", Envelope: env}, &info, note, ex)
+	ex.Outcome = r.handle(ctx, spool.Message{ID: "explain", Envelope: env}, &attempt{}, note, ex)
 	return ex
 }
 

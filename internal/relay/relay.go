@@ -177,17 +177,27 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
 	note := func(kind, format string, a ...any) {
 		events = append(events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
-	var info spool.Info
-	out := r.handle(ctx, msg, &info, note, nil)
+	var at attempt
+	out := r.handle(ctx, msg, &at, note, nil)
 	out.Events = append(events, out.Events...)
-	out.Info = &info
+	out.Info = &at.info
+	out.Posts = at.posts
 	return out
+}
+
+// attempt is what one delivery attempt hands to its outcome besides the
+// history: what it learned of the message, and its posts the ledger does
+// not have yet (each post is recorded before the next intent; the last
+// ones go with the outcome, one commit fewer per message).
+type attempt struct {
+	info  spool.Info
+	posts []spool.Post
 }
 
 // handle delivers msg, or with dry set only plans: it reads dry.raw instead
 // of the spool, creates nothing in Mattermost (it only looks users and
 // channels up) and records the posts it would make in dry.
-func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info, note func(kind, format string, a ...any), dry *Explanation) spool.Outcome {
+func (r *Relay) handle(ctx context.Context, msg spool.Message, at *attempt, note func(kind, format string, a ...any), dry *Explanation) spool.Outcome {
 	log := r.log.With("id", msg.ID)
 
 	var body io.ReadCloser
@@ -234,7 +244,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 		in.From = append(in.From, a.Email)
 	}
 	dec, ok := r.o.Router.Identify(in)
-	*info = spool.Info{App: dec.App, Subject: m.Subject, MessageID: m.MessageID}
+	at.info = spool.Info{App: dec.App, Subject: m.Subject, MessageID: m.MessageID}
 	app := r.o.Apps[dec.App]
 	if out, stop := r.screen(m, env, sender, app, note); stop {
 		return out
@@ -305,7 +315,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, info *spool.Info,
 				continue
 			}
 		}
-		if err := r.deliver(ctx, app, msg, m, d, note); err != nil {
+		if err := r.deliver(ctx, at, app, msg, m, d, note); err != nil {
 			log.Warn("delivery failed", "dest", d.key, "err", err)
 			return failure(err)
 		}

@@ -226,16 +226,25 @@ func (h *harness) handle(id, sender string, rcpts []string, raw string) spool.Ou
 	h.sp.attempts[id]++
 	attempt := h.sp.attempts[id]
 	h.sp.mu.Unlock()
-	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt,
+	return h.record(id, h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt,
 		Envelope: spool.Envelope{Intake: "smtp", Sender: sender, Recipients: rcpts}}))
 }
 
 // record keeps the history lines the outcome carries, as the spool would.
-func (h *harness) record(out spool.Outcome) spool.Outcome {
+// It also records the outcome's posts in the ledger, keeping a part's
+// first post as the spool does.
+func (h *harness) record(id string, out spool.Outcome) spool.Outcome {
 	h.sp.mu.Lock()
 	defer h.sp.mu.Unlock()
 	for _, e := range out.Events {
 		h.sp.events = append(h.sp.events, e.Kind+": "+e.Detail)
+	}
+	for _, p := range out.Posts {
+		k := id + "|" + p.Dest + "|" + p.Part
+		if e := h.sp.ledger[k]; e.PostID == "" {
+			e.MessageID, e.Dest, e.Part, e.PostID, e.DoneAt = id, p.Dest, p.Part, p.PostID, time.Now()
+			h.sp.ledger[k] = e
+		}
 	}
 	return out
 }
@@ -405,7 +414,7 @@ func (h *harness) handleEnv(id string, env spool.Envelope, raw string) spool.Out
 	h.sp.attempts[id]++
 	attempt := h.sp.attempts[id]
 	h.sp.mu.Unlock()
-	return h.record(h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt, Envelope: env}))
+	return h.record(id, h.r.Handle(context.Background(), spool.Message{ID: id, ReceivedAt: time.Now(), Attempt: attempt, Envelope: env}))
 }
 
 // The same mail stored twice (two intakes, a resend after a lost 250) is
@@ -543,5 +552,34 @@ func TestUnreadableBodyRetriesMissingBodyQuarantines(t *testing.T) {
 	}})
 	if out := h.handle("r2", "jira-svc@tools.test", []string{"alice@corp.test"}, ""); out.Kind != spool.OutcomeQuarantine || out.Code != "body_missing" {
 		t.Fatalf("missing raw mail: want quarantine body_missing, got %+v", out)
+	}
+}
+
+// The attempt records each post before its next intent and hands the last
+// one to the outcome, which the spool records with it.
+func TestLastPostGoesWithTheOutcome(t *testing.T) {
+	h := newHarness(t)
+	h.sp.raw["p1"] = []byte(mkMail("two", "to two people"))
+	out := h.r.Handle(context.Background(), spool.Message{ID: "p1", ReceivedAt: time.Now(), Attempt: 1,
+		Envelope: spool.Envelope{Intake: "smtp", Sender: "jira-svc@tools.test", Recipients: []string{"alice@corp.test", "bob@corp.test"}}})
+	if out.Kind != spool.OutcomePosted || len(h.mm.posts) != 2 {
+		t.Fatalf("outcome %+v, %d posts", out, len(h.mm.posts))
+	}
+	if len(out.Posts) != 1 || out.Posts[0].PostID != h.mm.posts[1].ID || out.Posts[0].Part != "body/0" {
+		t.Fatalf("outcome's posts %+v, want only the last post, %s", out.Posts, h.mm.posts[1].ID)
+	}
+	h.sp.mu.Lock()
+	defer h.sp.mu.Unlock()
+	var recorded, pending int
+	for _, e := range h.sp.ledger {
+		switch {
+		case e.PostID == h.mm.posts[0].ID && !e.IntentAt.IsZero():
+			recorded++
+		case e.Dest == out.Posts[0].Dest && e.PostID == "" && !e.IntentAt.IsZero():
+			pending++
+		}
+	}
+	if recorded != 1 || pending != 1 {
+		t.Errorf("ledger %+v: want the first post recorded and the last one's intent only", h.sp.ledger)
 	}
 }

@@ -395,6 +395,7 @@ type finish struct {
 	nextTry, now      time.Time
 	info              Info
 	events            []Event // At set
+	posts             []Post
 }
 
 // sqlFinish records a delivery outcome and its events on a queued/retrying
@@ -418,13 +419,34 @@ func sqlFinish(ctx context.Context, q dbtx, tx txn, f finish) (jobID int64, app 
 		for i, e := range f.events {
 			ats[i], kinds[i], details[i] = toDB(e.At), e.Kind, e.Detail
 		}
+		// One INSERT cannot touch a row twice: the first post of a part is
+		// the one kept anyway.
+		var dests, parts, postIDs []string
+		seen := make(map[[2]string]bool, len(f.posts))
+		for _, p := range f.posts {
+			if k := [2]string{p.Dest, p.Part}; !seen[k] {
+				seen[k] = true
+				dests, parts, postIDs = append(dests, p.Dest), append(parts, p.Part), append(postIDs, p.PostID)
+			}
+		}
+		// The ledger's CTE does not depend on u: the posts exist whatever
+		// became of the message (and a message that is gone fails the
+		// foreign key, so nothing is written).
 		err = q.QueryRowContext(ctx, `WITH u AS (`+finishSQL+`),
 			e AS (INSERT INTO events (message_id, at, kind, detail)
 				SELECT u.id, x.at, x.kind, x.detail FROM u,
 					unnest(CAST(? AS BIGINT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) WITH ORDINALITY AS x(at, kind, detail, n)
-				ORDER BY x.n)
-			SELECT id, job_id, app FROM u`, append(args, ats, kinds, details)...).Scan(&id, &job, &app)
+				ORDER BY x.n),
+			l AS (`+ledgerDoneSQL(`SELECT CAST(? AS TEXT), x.dest, x.part, x.post, CAST(? AS BIGINT), CAST(? AS BIGINT)
+				FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS x(dest, part, post)`)+`)
+			SELECT id, job_id, app FROM u`,
+			append(args, ats, kinds, details, f.id, toDB(f.now), toDB(f.now), dests, parts, postIDs)...).Scan(&id, &job, &app)
 	} else {
+		for _, p := range f.posts {
+			if _, err := sqlLedgerDone(ctx, tx, f.id, p.Dest, p.Part, p.PostID, f.now); err != nil {
+				return 0, "", false, err
+			}
+		}
 		err = tx.QueryRowContext(ctx, finishSQL, args...).Scan(&id, &job, &app)
 		if err == nil && len(f.events) > 0 {
 			evs := make([][]any, len(f.events))
@@ -608,13 +630,20 @@ func sqlLedgerIntent(ctx context.Context, q dbtx, msgID, dest, part, channelID s
 
 // sqlLedgerDone records the post id unless a different one is already recorded
 // (then it reports false).
-func sqlLedgerDone(ctx context.Context, q dbtx, msgID, dest, part, postID string, now time.Time) (bool, error) {
-	res, err := q.ExecContext(ctx, `INSERT INTO ledger (message_id, dest, part, post_id, intent_at, done_at) VALUES (?, ?, ?, ?, ?, ?)
+// ledgerDoneSQL records posts given by rows (message_id, dest, part,
+// post_id, intent_at, done_at): a part's first post id is kept.
+func ledgerDoneSQL(rows string) string {
+	return `INSERT INTO ledger (message_id, dest, part, post_id, intent_at, done_at) ` + rows + `
 		ON CONFLICT (message_id, dest, part) DO UPDATE SET
 			post_id = excluded.post_id,
 			done_at = coalesce(ledger.done_at, excluded.done_at)
-		WHERE ledger.post_id = '' OR ledger.post_id = excluded.post_id`,
-		msgID, dest, part, postID, toDB(now), toDB(now))
+		WHERE ledger.post_id = '' OR ledger.post_id = excluded.post_id`
+}
+
+var ledgerDoneOneSQL = ledgerDoneSQL(`VALUES (?, ?, ?, ?, ?, ?)`)
+
+func sqlLedgerDone(ctx context.Context, q dbtx, msgID, dest, part, postID string, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, ledgerDoneOneSQL, msgID, dest, part, postID, toDB(now), toDB(now))
 	if err != nil {
 		return false, err
 	}

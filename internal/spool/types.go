@@ -107,9 +107,20 @@ type Outcome struct {
 	// Events are history lines of the attempt (decisions, recipients,
 	// posts), written with the outcome in one transaction.
 	Events []Event
+	// Posts are posts the attempt made that the ledger does not have yet
+	// (the relay records each post before it writes its next intent, and
+	// hands the last ones over here): they are recorded as LedgerDone
+	// would, with the outcome, whether or not the outcome applies.
+	Posts []Post
 	// Info is what the handler learned of the message (app, subject,
 	// Message-ID), recorded with the outcome; nil leaves them as they are.
 	Info *Info
+}
+
+// Post is one post a delivery made: the ledger's (destination, part) and the
+// post's id.
+type Post struct {
+	Dest, Part, PostID string
 }
 
 // Info describes a message once it is parsed; empty fields are left unchanged.

@@ -184,7 +184,7 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], r
 	}
 
 	f := finish{id: id, state: state, lastError: lastError, reason: reason, nextTry: nextTry, now: now,
-		events: make([]Event, 0, len(out.Events)+1)}
+		events: make([]Event, 0, len(out.Events)+1), posts: out.Posts}
 	if out.Info != nil {
 		f.info = *out.Info
 	}

@@ -57,6 +57,7 @@ func Run(t *testing.T, newStorage NewStorage) {
 		{"LargeBodiesInTheBlobStore", testLargeBodies},
 		{"HandlerEventsInHistory", testHandlerEvents},
 		{"HandlerReadsItsBody", testHandlerBody},
+		{"OutcomeRecordsPosts", testOutcomePosts},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStorage) })
@@ -1020,6 +1021,39 @@ func testHandlerBody(t *testing.T, newStorage NewStorage) {
 				t.Errorf("Body(%d bytes, %s) = %d bytes, %v; want the accepted bytes", len(b), name, len(got), err)
 			}
 		}
+	}
+}
+
+// testOutcomePosts: the posts an outcome carries are recorded in the ledger
+// with it, on a retry as on a final outcome, and a part's first post is kept.
+func testOutcomePosts(t *testing.T, newStorage NewStorage) {
+	ctx := context.Background()
+	var sp *spool.Spool
+	rec := newRecorder(func(msg spool.Message, call int) spool.Outcome {
+		if call == 1 {
+			if err := sp.LedgerIntent(ctx, msg.ID, "dm:a", "body/0", "ch-a"); err != nil {
+				return spool.Outcome{Kind: spool.OutcomeQuarantine, Reason: err.Error()}
+			}
+			return spool.Outcome{Kind: spool.OutcomeRetry, Reason: "b is down", Posts: []spool.Post{{Dest: "dm:a", Part: "body/0", PostID: "p1"}}}
+		}
+		return spool.Outcome{Kind: spool.OutcomePosted, Posts: []spool.Post{
+			{Dest: "dm:a", Part: "body/0", PostID: "p2"}, {Dest: "dm:b", Part: "body/0", PostID: "p3"}, {Dest: "dm:b", Part: "body/0", PostID: "p4"}}}
+	})
+	sp = open(t, fast(newStorage(t), rec))
+	start(t, sp)
+	id := accept(t, sp, body(100))
+	waitState(t, sp, id, spool.StatePosted)
+	es, err := sp.LedgerList(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]spool.LedgerEntry{}
+	for _, e := range es {
+		got[e.Dest+" "+e.Part] = e
+	}
+	a, b := got["dm:a body/0"], got["dm:b body/0"]
+	if len(es) != 2 || a.PostID != "p1" || a.ChannelID != "ch-a" || a.IntentAt.IsZero() || a.DoneAt.IsZero() || b.PostID != "p3" || b.DoneAt.IsZero() {
+		t.Errorf("ledger %+v; want dm:a's first post p1 (with its intent) and dm:b's p3", es)
 	}
 }
 
