@@ -34,10 +34,6 @@ type b64Reader struct {
 	dropped int // trailing single characters that could not be decoded
 }
 
-func newB64Reader(r io.Reader) *b64Reader {
-	return &b64Reader{r: r, in: make([]byte, 32*1024), out: make([]byte, 0, 24*1024+3)}
-}
-
 // flushQuad decodes a partial quad (before "=" or at the end) into out at
 // o, and returns the new length.
 func (d *b64Reader) flushQuad(out []byte, o int) int {
@@ -123,10 +119,6 @@ type qpReader struct {
 	outPos int
 	err    error
 	broken int // escapes kept literally
-}
-
-func newQPReader(r io.Reader) *qpReader {
-	return &qpReader{r: r, buf: make([]byte, 0, 32*1024+64), out: make([]byte, 0, 32*1024+64)}
 }
 
 func (d *qpReader) Read(p []byte) (int, error) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -173,4 +174,58 @@ func checkOutput(t testing.TB, md string) {
 	if strings.IndexByte(md, 0) >= 0 {
 		t.Errorf("output contains NUL")
 	}
+}
+
+// Parses running at once (their read buffers and decoders come from shared
+// pools) give what each gives alone, attachments' bytes included.
+func TestConcurrentParsesDoNotShareBuffers(t *testing.T) {
+	files := testdataFiles(t)
+	type result struct {
+		md    string
+		files [][]byte
+	}
+	parseOne := func(t *testing.T, file string) result {
+		m := parseFile(t, file, Options{SpillDir: t.TempDir()})
+		defer m.Close()
+		r := result{md: Render(m, RenderOptions{})}
+		for _, a := range m.Attachments {
+			rc, err := a.Open()
+			if err != nil {
+				t.Error(err)
+				return r
+			}
+			b, err := io.ReadAll(rc)
+			_ = rc.Close()
+			if err != nil {
+				t.Error(err)
+			}
+			r.files = append(r.files, b)
+		}
+		return r
+	}
+	want := make([]result, len(files))
+	for i, f := range files {
+		want[i] = parseOne(t, f)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for k := range files {
+				i := (k + g*7) % len(files)
+				got := parseOne(t, files[i])
+				if got.md != want[i].md || len(got.files) != len(want[i].files) {
+					t.Errorf("%s: a concurrent parse differs", files[i])
+					continue
+				}
+				for j := range got.files {
+					if !bytes.Equal(got.files[j], want[i].files[j]) {
+						t.Errorf("%s: attachment %d differs in a concurrent parse", files[i], j)
+					}
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
 }

@@ -196,11 +196,13 @@ func (p *parser) warn(format string, args ...any) {
 func (p *parser) run(r io.Reader) error {
 	hash := sha256.New()
 	src := countingReader{r: io.TeeReader(r, hash), n: &p.seen}
-	br := bufio.NewReaderSize(src, readBufSize)
+	br := getReader(src)
+	defer putReader(br)
 	if peek, _ := br.Peek(readBufSize); bytes.IndexByte(peek, '\n') < 0 && bytes.IndexByte(peek, '\r') >= 0 {
 		// Classic Mac OS line endings (CR only): translate them.
 		p.warn("the message uses CR-only line endings")
-		br = bufio.NewReaderSize(crReader{br}, readBufSize)
+		br = getReader(crReader{br})
+		defer putReader(br)
 	}
 
 	h, leftover, err := readHeader(br, true, p.warn)
@@ -214,7 +216,8 @@ func (p *parser) run(r io.Reader) error {
 		} else {
 			p.warn("no blank line between header and body")
 		}
-		body = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(leftover), br), readBufSize)
+		body = getReader(io.MultiReader(bytes.NewReader(leftover), br))
+		defer putReader(body)
 	}
 	if err := p.entity(h, body, "", "text/plain", 0); err != nil {
 		return err
@@ -347,19 +350,7 @@ func (p *parser) entity(h header, body *bufio.Reader, path, defaultCT string, de
 			p.warn("more than %d MIME parts: the rest ignored", maxParts)
 			break
 		}
-		pbr := bufio.NewReaderSize(pr, readBufSize)
-		cp := childPath(path, i)
-		ph, leftover, err := readHeader(pbr, false, p.warn)
-		if err != nil {
-			return fault.Wrap(fault.Temporary, "read_failed", "reading the message failed", err)
-		}
-		if leftover != nil {
-			if len(ph) > 0 {
-				p.warn("no blank line between header and body in %s", partName(cp))
-			}
-			pbr = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(leftover), pbr), readBufSize)
-		}
-		if err := p.entity(ph, pbr, cp, childDefault, depth+1); err != nil {
+		if err := p.part(pr, childPath(path, i), childDefault, depth+1); err != nil {
 			return err
 		}
 	}
@@ -379,6 +370,25 @@ func (p *parser) entity(h header, body *bufio.Reader, path, defaultCT string, de
 	return nil
 }
 
+// part reads the header of one part of a multipart, then the part.
+func (p *parser) part(pr io.Reader, path, defaultType string, depth int) error {
+	pbr := getReader(pr)
+	defer putReader(pbr)
+	ph, leftover, err := readHeader(pbr, false, p.warn)
+	if err != nil {
+		return fault.Wrap(fault.Temporary, "read_failed", "reading the message failed", err)
+	}
+	body := pbr
+	if leftover != nil {
+		if len(ph) > 0 {
+			p.warn("no blank line between header and body in %s", partName(path))
+		}
+		body = getReader(io.MultiReader(bytes.NewReader(leftover), pbr))
+		defer putReader(body)
+	}
+	return p.entity(ph, body, path, defaultType, depth)
+}
+
 // leaf decodes one leaf part into the body or an attachment.
 func (p *parser) leaf(h header, ct string, params map[string]string, body io.Reader, path string) error {
 	var r io.Reader = body
@@ -388,9 +398,11 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 	switch cte {
 	case "base64":
 		b64 = newB64Reader(body)
+		defer b64.release()
 		r = b64
 	case "quoted-printable":
 		qp = newQPReader(body)
+		defer qp.release()
 		r = qp
 	case "", "7bit", "8bit", "binary", "7-bit", "8-bit":
 	default:
@@ -417,7 +429,10 @@ func (p *parser) leaf(h header, ct string, params map[string]string, body io.Rea
 		// Attachments of embedded messages stay inside the .eml.
 		w = &countWriter{}
 	}
-	if _, err := io.Copy(w, r); err != nil {
+	cb := copyBufs.Get().(*[]byte)
+	_, err := io.CopyBuffer(w, r, *cb)
+	copyBufs.Put(cb)
+	if err != nil {
 		_ = sb.remove()
 		if sb.path != "" || isSpillErr(err) {
 			return fault.Wrap(fault.Temporary, "spill_failed", "storing a message part failed", err)

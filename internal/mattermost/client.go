@@ -128,6 +128,9 @@ func defaultHTTPClient() *http.Client {
 	t.MaxIdleConnsPerHost = 16
 	t.IdleConnTimeout = 90 * time.Second
 	t.ExpectContinueTimeout = time.Second
+	// Uploads stream through an io.Pipe: with the default 4 KB buffer each
+	// 4 KB is a hand-off between goroutines and a write to the socket.
+	t.WriteBufferSize = 64 << 10
 	return &http.Client{Transport: t}
 }
 
