@@ -115,17 +115,12 @@ func partKey(msgID, dest, part string) string { return msgID + "/" + dest + "/" 
 
 func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string, note func(string, string, ...any)) (string, error) {
 	sp := r.o.Spool
-	var (
-		e     spool.LedgerEntry
-		found bool
-	)
-	// Only an attempt can write the ledger, and the spool counts each one
-	// before it starts: the first attempt has nothing to read.
-	if msg.Attempt > 1 {
-		var err error
-		if e, found, err = sp.LedgerGet(ctx, msg.ID, d.key, p.name); err != nil {
-			return "", fmt.Errorf("reading ledger: %w", err)
-		}
+	// Read even on a first attempt: attempts can overlap (a rescued stuck
+	// job, an operator's Retry during a delivery), and the other one may
+	// have posted this part meanwhile.
+	e, found, err := sp.LedgerGet(ctx, msg.ID, d.key, p.name)
+	if err != nil {
+		return "", fmt.Errorf("reading ledger: %w", err)
 	}
 	if found && e.PostID != "" {
 		return e.PostID, nil

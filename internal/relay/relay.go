@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/mail"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -172,13 +173,21 @@ const (
 // why, each recipient, each post) goes into the message's history with the
 // outcome, in the same transaction: the ledger, not the history, is what
 // makes a retry after a crash safe.
-func (r *Relay) Handle(ctx context.Context, msg spool.Message) spool.Outcome {
+func (r *Relay) Handle(ctx context.Context, msg spool.Message) (out spool.Outcome) {
 	var events []spool.Event
 	note := func(kind, format string, a ...any) {
 		events = append(events, spool.Event{At: time.Now(), Kind: kind, Detail: fmt.Sprintf(format, a...)})
 	}
 	var at attempt
-	out := r.handle(ctx, msg, &at, note, nil)
+	defer func() {
+		// A panic after a post must not lose the post's record: the
+		// attempt's posts still go with the (retry) outcome.
+		if v := recover(); v != nil {
+			r.log.Error("relay: panic while delivering", "id", msg.ID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			out = spool.Outcome{Kind: spool.OutcomeRetry, Reason: fmt.Sprintf("panic: %v", v), Events: events, Posts: at.posts}
+		}
+	}()
+	out = r.handle(ctx, msg, &at, note, nil)
 	out.Events = append(events, out.Events...)
 	out.Info = &at.info
 	out.Posts = at.posts

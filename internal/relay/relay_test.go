@@ -27,6 +27,8 @@ type fakeSpool struct {
 	events []string
 	// attempts counts each message's attempts, as the spool's claim does.
 	attempts map[string]int
+	// panicOnClaim makes ClaimDelivery panic for this destination.
+	panicOnClaim string
 }
 
 func newFakeSpool() *fakeSpool {
@@ -36,6 +38,9 @@ func newFakeSpool() *fakeSpool {
 func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spool.Claim, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if dest == s.panicOnClaim {
+		panic("claim of " + dest)
+	}
 	if owner, ok := s.claims[key+"|"+dest]; ok {
 		c := spool.Claim{Holder: owner, HolderState: spool.StateRetrying}
 		if owner != id {
@@ -89,7 +94,10 @@ func (s *fakeSpool) LedgerDone(_ context.Context, m, d, p, post string) error {
 	defer s.mu.Unlock()
 	k := m + "|" + d + "|" + p
 	e := s.ledger[k]
-	e.PostID, e.DoneAt = post, time.Now()
+	if e.PostID != "" && e.PostID != post {
+		return fault.New(fault.Conflict, "ledger_conflict", "another post")
+	}
+	e.MessageID, e.Dest, e.Part, e.PostID, e.DoneAt = m, d, p, post, time.Now()
 	s.ledger[k] = e
 	return nil
 }
@@ -581,5 +589,33 @@ func TestLastPostGoesWithTheOutcome(t *testing.T) {
 	}
 	if recorded != 1 || pending != 1 {
 		t.Errorf("ledger %+v: want the first post recorded and the last one's intent only", h.sp.ledger)
+	}
+}
+
+// Attempts can overlap (a rescued stuck job, an operator's Retry during a
+// delivery): one that started as attempt 1 still finds what the other posted.
+func TestOverlappingFirstAttemptDoesNotRepost(t *testing.T) {
+	h := newHarness(t)
+	if out := h.handle("o1", "jira-svc@tools.test", []string{"alice@corp.test"}, mkMail("overlap", "x")); out.Kind != spool.OutcomePosted {
+		t.Fatalf("outcome %+v", out)
+	}
+	out := h.r.Handle(context.Background(), spool.Message{ID: "o1", ReceivedAt: time.Now(), Attempt: 1,
+		Envelope: spool.Envelope{Intake: "smtp", Sender: "jira-svc@tools.test", Recipients: []string{"alice@corp.test"}}})
+	if out.Kind != spool.OutcomePosted || len(h.mm.posts) != 1 {
+		t.Fatalf("an overlapping first attempt: outcome %+v, %d posts, want 1", out, len(h.mm.posts))
+	}
+}
+
+// A panic after a post still hands the post to the outcome, so the ledger
+// gets it without a reconciliation.
+func TestPanicKeepsTheAttemptsPosts(t *testing.T) {
+	h := newHarness(t)
+	h.sp.panicOnClaim = "dm:bob"
+	out := h.handle("q1", "jira-svc@tools.test", []string{"alice@corp.test", "bob@corp.test"}, mkMail("panics", "x"))
+	if out.Kind != spool.OutcomeRetry || !strings.Contains(out.Reason, "panic") {
+		t.Fatalf("outcome %+v, want a retry saying panic", out)
+	}
+	if len(h.mm.posts) != 1 || len(out.Posts) != 1 || out.Posts[0].PostID != h.mm.posts[0].ID {
+		t.Fatalf("posts %d, outcome's posts %+v: want alice's post handed over", len(h.mm.posts), out.Posts)
 	}
 }

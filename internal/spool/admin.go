@@ -379,15 +379,21 @@ func (s *Spool) LedgerDone(ctx context.Context, msgID, dest, part, postID string
 	return nil
 }
 
+// fkViolation reports whether err (or what it wraps) is a foreign key
+// violation: a row written for a message that is gone.
+func fkViolation(err error) bool {
+	var pe *pgconn.PgError
+	return err != nil && (errors.As(err, &pe) && pe.Code == "23503" ||
+		strings.Contains(err.Error(), "FOREIGN KEY constraint failed"))
+}
+
 // ledgerErr maps a ledger write's error: a foreign key violation means the
 // message does not exist (any more).
 func ledgerErr(msgID string, err error) error {
-	var pe *pgconn.PgError
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &pe) && pe.Code == "23503",
-		strings.Contains(err.Error(), "FOREIGN KEY constraint failed"):
+	case fkViolation(err):
 		return notFound(msgID)
 	}
 	return dbErr(err)

@@ -57,9 +57,11 @@
 // Every queued or retrying message has exactly one live River job, whose id is
 // stored in messages.job_id. A job whose id is not the message's current job
 // (stale after a Release) or whose message is no longer queued/retrying
-// completes without calling the Handler. An attempt commits twice: its claim
-// (attempt count and "attempt" event) and its outcome (state and the
-// attempt's history), each one statement on PostgreSQL. After a posted or
+// completes without calling the Handler. The spool commits an attempt twice:
+// its claim (attempt count and "attempt" event) and its outcome (state, the
+// attempt's history and the ledger entries of its last posts), each one
+// statement on PostgreSQL; in between, the Handler commits its delivery
+// claims, ledger intents and earlier posts. After a posted or
 // quarantined outcome the job completes when Work returns (River batches
 // those); if that is lost, the job runs again as a stale one. A retry
 // snoozes the job (river.JobSnooze does not consume River attempts, and jobs

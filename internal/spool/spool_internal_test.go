@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
 	"github.com/mmgate/mmgate/internal/fault"
 )
 
@@ -424,6 +427,22 @@ func TestStaleJobSkipsHandler(t *testing.T) {
 	defer mu.Unlock()
 	if calls[id] != 1 {
 		t.Errorf("handler called %d times, want 1", calls[id])
+	}
+}
+
+// An outcome whose posts name a message that is gone (an overlapping
+// attempt's, after the message was quarantined and deleted) writes nothing
+// and is not an error to retry.
+func TestOutcomeOfAGoneMessage(t *testing.T) {
+	s := mustOpen(t, testOpts(t, HandlerFunc(func(context.Context, Message) Outcome { return Outcome{Kind: OutcomePosted} })))
+	gone := newID(time.Now())
+	job := &river.Job[deliverArgs]{JobRow: &rivertype.JobRow{ID: 7}, Args: deliverArgs{MessageID: gone}}
+	out := Outcome{Kind: OutcomePosted, Posts: []Post{{Dest: "dm:alice", Part: "body/0", PostID: "p1"}}}
+	if err := s.applyOutcome(context.Background(), job, msgRow{Message: Message{ID: gone, Attempt: 1}}, out); err != nil {
+		t.Fatalf("applyOutcome for a gone message: %v, want nil", err)
+	}
+	if es, err := s.LedgerList(context.Background(), gone); err != nil || len(es) != 0 {
+		t.Errorf("ledger of a gone message: %v, %v", es, err)
 	}
 }
 

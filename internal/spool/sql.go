@@ -430,8 +430,8 @@ func sqlFinish(ctx context.Context, q dbtx, tx txn, f finish) (jobID int64, app 
 			}
 		}
 		// The ledger's CTE does not depend on u: the posts exist whatever
-		// became of the message (and a message that is gone fails the
-		// foreign key, so nothing is written).
+		// became of the message (a message that is gone fails the foreign
+		// key, and the whole statement with it).
 		err = q.QueryRowContext(ctx, `WITH u AS (`+finishSQL+`),
 			e AS (INSERT INTO events (message_id, at, kind, detail)
 				SELECT u.id, x.at, x.kind, x.detail FROM u,

@@ -110,7 +110,8 @@ type Outcome struct {
 	// Posts are posts the attempt made that the ledger does not have yet
 	// (the relay records each post before it writes its next intent, and
 	// hands the last ones over here): they are recorded as LedgerDone
-	// would, with the outcome, whether or not the outcome applies.
+	// would, with the outcome, even when the outcome no longer applies
+	// (unless the message is gone).
 	Posts []Post
 	// Info is what the handler learned of the message (app, subject,
 	// Message-ID), recorded with the outcome; nil leaves them as they are.

@@ -218,6 +218,11 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], r
 			return err
 		})
 	}
+	if fkViolation(err) {
+		// The outcome's posts name a message that is gone (deleted
+		// meanwhile): nothing was written, nothing is left to do.
+		applied, err = false, nil
+	}
 	// A retry snoozes this job, unless an operator's Retry gave the message
 	// a new job meanwhile (the old one then completes). River records a
 	// snooze after Work returns; a crash in between leaves the job
