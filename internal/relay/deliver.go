@@ -90,16 +90,34 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
+// ledgerRead is the ledger of one destination as the delivery claim read it,
+// just before the destination's first part.
+type ledgerRead struct{ entries []spool.LedgerEntry }
+
+func (l *ledgerRead) get(part string) (spool.LedgerEntry, bool) {
+	for _, e := range l.entries {
+		if e.Part == part {
+			return e, true
+		}
+	}
+	return spool.LedgerEntry{}, false
+}
+
 // deliver posts every part of m into d that the ledger does not have yet.
-func (r *Relay) deliver(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, note func(string, string, ...any)) error {
+// pre, when the delivery claim read the ledger, stands for the first
+// part's lookup; later parts read it again (attempts can overlap).
+func (r *Relay) deliver(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, pre *ledgerRead, note func(string, string, ...any)) error {
 	parts := plan(m, r.maxRunes(ctx, app), app.MaxAttachmentBytes)
 	from := ""
 	if len(m.From) > 0 {
 		from = m.From[0].Email
 	}
 	rootID := ""
-	for _, p := range parts {
-		postID, err := r.postPart(ctx, at, app, msg, m, d, p, rootID, from, note)
+	for i, p := range parts {
+		if i > 0 {
+			pre = nil
+		}
+		postID, err := r.postPart(ctx, at, app, msg, m, d, p, pre, rootID, from, note)
 		if err != nil {
 			return err
 		}
@@ -113,14 +131,22 @@ func (r *Relay) deliver(ctx context.Context, at *attempt, app *App, msg spool.Me
 
 func partKey(msgID, dest, part string) string { return msgID + "/" + dest + "/" + part }
 
-func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, rootID, from string, note func(string, string, ...any)) (string, error) {
+func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.Message, m *mailparse.Message, d destination, p part, pre *ledgerRead, rootID, from string, note func(string, string, ...any)) (string, error) {
 	sp := r.o.Spool
-	// Read even on a first attempt: attempts can overlap (a rescued stuck
-	// job, an operator's Retry during a delivery), and the other one may
-	// have posted this part meanwhile.
-	e, found, err := sp.LedgerGet(ctx, msg.ID, d.key, p.name)
-	if err != nil {
-		return "", fmt.Errorf("reading ledger: %w", err)
+	// Read even on a first attempt, right before the part: attempts can
+	// overlap (a rescued stuck job, an operator's Retry during a delivery),
+	// and the other one may have posted this part meanwhile.
+	var (
+		e     spool.LedgerEntry
+		found bool
+	)
+	if pre != nil {
+		e, found = pre.get(p.name)
+	} else {
+		var err error
+		if e, found, err = sp.LedgerGet(ctx, msg.ID, d.key, p.name); err != nil {
+			return "", fmt.Errorf("reading ledger: %w", err)
+		}
 	}
 	if found && e.PostID != "" {
 		return e.PostID, nil

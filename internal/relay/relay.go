@@ -307,6 +307,7 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, at *attempt, note
 	mailKey := dedupeKey(m)
 	posted, dups := 0, []string{}
 	for _, d := range dests {
+		var pre *ledgerRead
 		if mailKey != "" {
 			c, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID)
 			if err != nil {
@@ -323,8 +324,9 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, at *attempt, note
 				dups = append(dups, c.Holder)
 				continue
 			}
+			pre = &ledgerRead{entries: c.Ledger}
 		}
-		if err := r.deliver(ctx, at, app, msg, m, d, note); err != nil {
+		if err := r.deliver(ctx, at, app, msg, m, d, pre, note); err != nil {
 			log.Warn("delivery failed", "dest", d.key, "err", err)
 			return failure(err)
 		}

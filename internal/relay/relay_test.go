@@ -43,6 +43,9 @@ func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spoo
 	}
 	if owner, ok := s.claims[key+"|"+dest]; ok {
 		c := spool.Claim{Holder: owner, HolderState: spool.StateRetrying}
+		if owner == id {
+			c.Ledger = s.ledgerOf(id, dest)
+		}
 		if owner != id {
 			for _, e := range s.ledger {
 				if e.MessageID == owner && e.Dest == dest && e.PostID != "" {
@@ -53,7 +56,18 @@ func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spoo
 		return c, nil
 	}
 	s.claims[key+"|"+dest] = id
-	return spool.Claim{Holder: id}, nil
+	return spool.Claim{Holder: id, Ledger: s.ledgerOf(id, dest)}, nil
+}
+
+// ledgerOf is what the spool's claim reads with it: id's entries for dest.
+func (s *fakeSpool) ledgerOf(id, dest string) []spool.LedgerEntry {
+	var es []spool.LedgerEntry
+	for _, e := range s.ledger {
+		if e.MessageID == id && e.Dest == dest {
+			es = append(es, e)
+		}
+	}
+	return es
 }
 
 func (s *fakeSpool) Body(_ context.Context, msg spool.Message) (io.ReadCloser, error) {

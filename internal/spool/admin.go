@@ -432,6 +432,10 @@ type Claim struct {
 	// (a quarantined holder can be deleted).
 	HolderState State
 	Delivered   bool
+	// Ledger is, when the caller holds the claim, its ledger entries for
+	// the destination, read with the claim (one round trip instead of a
+	// LedgerGet per part).
+	Ledger []LedgerEntry
 }
 
 // ClaimDelivery makes msgID the one message that posts the mail identified
@@ -439,11 +443,14 @@ type Claim struct {
 // already claimed it, and says who holds the claim. A claim lasts as long
 // as its message, or Retention after it was made.
 func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (Claim, error) {
-	holder, err := sqlClaimDelivery(ctx, s.q, mailKey, dest, msgID, s.now())
+	holder, ledger, err := sqlClaimDelivery(ctx, s.q, s.q.postgres(), mailKey, dest, msgID, s.now())
 	if err != nil {
 		return Claim{}, dbErr(err)
 	}
 	c := Claim{Holder: holder}
+	if holder == msgID {
+		c.Ledger = ledger
+	}
 	if holder != msgID {
 		if c.HolderState, c.Delivered, err = sqlHolderDelivered(ctx, s.q, holder, dest); err != nil {
 			return Claim{}, dbErr(err)

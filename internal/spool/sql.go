@@ -687,12 +687,68 @@ func sqlStateSet(ctx context.Context, q dbtx, key, value string, now time.Time) 
 // sqlClaimDelivery records msgID as the poster of mailKey to dest unless
 // another message holds that claim, and returns the holder, in one
 // statement (the no-op update makes RETURNING give the existing row).
-func sqlClaimDelivery(ctx context.Context, q dbtx, mailKey, dest, msgID string, now time.Time) (string, error) {
-	var owner string
-	err := q.QueryRowContext(ctx, `INSERT INTO claims (mail_key, dest, message_id, at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (mail_key, dest) DO UPDATE SET mail_key = excluded.mail_key
-		RETURNING message_id`, mailKey, dest, msgID, toDB(now)).Scan(&owner)
-	return owner, err
+const claimDeliverySQL = `INSERT INTO claims (mail_key, dest, message_id, at) VALUES (?, ?, ?, ?)
+	ON CONFLICT (mail_key, dest) DO UPDATE SET mail_key = excluded.mail_key
+	RETURNING message_id`
+
+// claimDeliveryPGSQL claims and reads the claimant's ledger entries for the
+// destination in one statement (a row of NULLs when there are none).
+var claimDeliveryPGSQL = `WITH c AS (` + claimDeliverySQL + `)
+	SELECT c.message_id, ` + prefixCols("l.", ledgerCols) + ` FROM c
+	LEFT JOIN ledger l ON l.message_id = CAST(? AS TEXT) AND l.dest = CAST(? AS TEXT)`
+
+// sqlClaimDelivery returns the claim's holder and msgID's ledger entries
+// for dest (read with the claim: on PostgreSQL in the same statement).
+func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID string, now time.Time) (string, []LedgerEntry, error) {
+	if !pg {
+		var owner string
+		if err := q.QueryRowContext(ctx, claimDeliverySQL, mailKey, dest, msgID, toDB(now)).Scan(&owner); err != nil {
+			return "", nil, err
+		}
+		rows, err := q.QueryContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ? AND dest = ?`, msgID, dest)
+		if err != nil {
+			return "", nil, err
+		}
+		defer rows.Close()
+		var es []LedgerEntry
+		for rows.Next() {
+			e, err := scanLedger(rows)
+			if err != nil {
+				return "", nil, err
+			}
+			es = append(es, e)
+		}
+		return owner, es, rows.Err()
+	}
+	rows, err := q.QueryContext(ctx, claimDeliveryPGSQL, mailKey, dest, msgID, toDB(now), msgID, dest)
+	if err != nil {
+		return "", nil, err
+	}
+	defer rows.Close()
+	var (
+		owner string
+		es    []LedgerEntry
+	)
+	for rows.Next() {
+		var (
+			m, d, part, ch, post sql.NullString
+			intent, doneAt       sql.NullInt64
+		)
+		if err := rows.Scan(&owner, &m, &d, &part, &ch, &post, &intent, &doneAt); err != nil {
+			return "", nil, err
+		}
+		if part.Valid {
+			es = append(es, LedgerEntry{MessageID: m.String, Dest: d.String, Part: part.String, ChannelID: ch.String,
+				PostID: post.String, IntentAt: fromNull(intent), DoneAt: fromNull(doneAt)})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", nil, err
+	}
+	if owner == "" {
+		return "", nil, sql.ErrNoRows
+	}
+	return owner, es, nil
 }
 
 // sqlHolderDelivered reports whether holder is posted or has a post in dest.

@@ -919,6 +919,38 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	if got := claim("dm:bob", b); got != b {
 		t.Fatalf("another destination: holder %s, want %s", got, b)
 	}
+	// The holder's claim reads its ledger entries for that destination
+	// (only those); another message's claim reads none.
+	if c := claims("dm:erin", a); len(c.Ledger) != 0 {
+		t.Fatalf("claim before any ledger entry: %+v", c.Ledger)
+	}
+	for _, w := range []struct{ dest, part, post string }{{"dm:erin", "body/0", "p1"}, {"dm:erin", "files/1", ""}, {"dm:zoe", "body/0", "p3"}} {
+		if err := s.LedgerIntent(ctx, a, w.dest, w.part, "ch"); err != nil {
+			t.Fatal(err)
+		}
+		if w.post != "" {
+			if err := s.LedgerDone(ctx, a, w.dest, w.part, w.post); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if c := claims("dm:erin", a); len(c.Ledger) != 2 {
+		t.Fatalf("holder's claim read %+v, want its 2 entries for dm:erin", c.Ledger)
+	} else {
+		got := map[string]spool.LedgerEntry{}
+		for _, e := range c.Ledger {
+			got[e.Part] = e
+		}
+		if e := got["body/0"]; e.PostID != "p1" || e.MessageID != a || e.Dest != "dm:erin" || e.ChannelID != "ch" || e.IntentAt.IsZero() || e.DoneAt.IsZero() {
+			t.Errorf("body/0 read with the claim: %+v", e)
+		}
+		if e := got["files/1"]; e.PostID != "" || e.IntentAt.IsZero() || !e.DoneAt.IsZero() {
+			t.Errorf("files/1 (intent only) read with the claim: %+v", e)
+		}
+	}
+	if c := claims("dm:erin", b); len(c.Ledger) != 0 {
+		t.Fatalf("a claim another message holds read %+v", c.Ledger)
+	}
 	// A quarantined holder without a post there has not delivered; a posted one has.
 	if c := claims("dm:alice", b); c.Delivered || c.HolderState != spool.StateQuarantined {
 		t.Fatalf("claim held by the quarantined %s: %+v, want not delivered", a, c)
