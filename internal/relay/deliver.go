@@ -65,7 +65,7 @@ func plan(m *mailparse.Message, maxRunes int, maxAttachment int64) []part {
 		batches = append(batches, files[:n])
 		files = files[n:]
 	}
-	parts := []part{{name: "body/0", message: chunks[0]}}
+	parts := []part{{name: firstPart, message: chunks[0]}}
 	if len(batches) > 0 {
 		parts[0].files = batches[0]
 	}
@@ -90,8 +90,11 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
+// firstPart is the part every post plan starts with.
+const firstPart = "body/0"
+
 // ledgerRead is the ledger of one destination as the delivery claim read it,
-// just before the destination's first part.
+// just before the destination's first part, whose intent the claim recorded.
 type ledgerRead struct{ entries []spool.LedgerEntry }
 
 func (l *ledgerRead) get(part string) (spool.LedgerEntry, bool) {
@@ -121,7 +124,7 @@ func (r *Relay) deliver(ctx context.Context, at *attempt, app *App, msg spool.Me
 		if err != nil {
 			return err
 		}
-		if p.name == "body/0" {
+		if p.name == firstPart {
 			rootID = postID
 		}
 		note("posted", "%s %s → post %s", d.label, p.name, postID)
@@ -182,17 +185,15 @@ func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.M
 			fileIDs = append(fileIDs, fi.ID)
 		}
 	}
-	// The attempt's earlier posts are recorded before this one's intent.
-	for len(at.posts) > 0 {
-		q := at.posts[0]
-		if err := sp.LedgerDone(ctx, msg.ID, q.Dest, q.Part, q.PostID); err != nil {
-			// The rest go with the outcome.
-			return "", fmt.Errorf("recording post %s: %w", q.PostID, err)
+	if pre == nil {
+		// The attempt's earlier posts are recorded before this one's
+		// intent (the claim recorded the first part's).
+		if err := r.recordPosts(ctx, msg.ID, at); err != nil {
+			return "", err
 		}
-		at.posts = at.posts[1:]
-	}
-	if err := sp.LedgerIntent(ctx, msg.ID, d.key, p.name, d.channelID); err != nil {
-		return "", fmt.Errorf("recording intent: %w", err)
+		if err := sp.LedgerIntent(ctx, msg.ID, d.key, p.name, d.channelID); err != nil {
+			return "", fmt.Errorf("recording intent: %w", err)
+		}
 	}
 	post := &mattermost.Post{ChannelID: d.channelID, RootID: rootID, Message: p.message, FileIDs: fileIDs,
 		Props:         map[string]any{PropSpoolID: msg.ID, PropPart: key, PropMessageID: m.MessageID, PropFrom: from},
@@ -206,6 +207,19 @@ func (r *Relay) postPart(ctx context.Context, at *attempt, app *App, msg spool.M
 	// find the post.
 	at.posts = append(at.posts, spool.Post{Dest: d.key, Part: p.name, PostID: got.ID})
 	return got.ID, nil
+}
+
+// recordPosts records the attempt's posts the ledger does not have yet; on
+// an error, the rest go with the outcome.
+func (r *Relay) recordPosts(ctx context.Context, msgID string, at *attempt) error {
+	for len(at.posts) > 0 {
+		q := at.posts[0]
+		if err := r.o.Spool.LedgerDone(ctx, msgID, q.Dest, q.Part, q.PostID); err != nil {
+			return fmt.Errorf("recording post %s: %w", q.PostID, err)
+		}
+		at.posts = at.posts[1:]
+	}
+	return nil
 }
 
 // escapeInline makes a file name safe inside a Markdown sentence.

@@ -46,7 +46,7 @@ type Spool interface {
 	LedgerGet(ctx context.Context, msgID, dest, part string) (spool.LedgerEntry, bool, error)
 	LedgerIntent(ctx context.Context, msgID, dest, part, channelID string) error
 	LedgerDone(ctx context.Context, msgID, dest, part, postID string) error
-	ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (spool.Claim, error)
+	ClaimDelivery(ctx context.Context, mailKey, dest, msgID string, first spool.Intent) (spool.Claim, error)
 }
 
 // Mattermost is what the relay needs from one bot's REST client.
@@ -309,7 +309,13 @@ func (r *Relay) handle(ctx context.Context, msg spool.Message, at *attempt, note
 	for _, d := range dests {
 		var pre *ledgerRead
 		if mailKey != "" {
-			c, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID)
+			// The attempt's earlier posts are recorded before the claim,
+			// which records this destination's first intent.
+			if err := r.recordPosts(ctx, msg.ID, at); err != nil {
+				log.Warn("delivery failed", "dest", d.key, "err", err)
+				return failure(err)
+			}
+			c, err := r.o.Spool.ClaimDelivery(ctx, mailKey, d.key, msg.ID, spool.Intent{Part: firstPart, ChannelID: d.channelID})
 			if err != nil {
 				return retry(fmt.Errorf("recording the delivery claim: %w", err))
 			}

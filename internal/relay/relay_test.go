@@ -27,20 +27,28 @@ type fakeSpool struct {
 	events []string
 	// attempts counts each message's attempts, as the spool's claim does.
 	attempts map[string]int
-	// panicOnClaim makes ClaimDelivery panic for this destination.
-	panicOnClaim string
+	// panicOnDone makes LedgerDone panic for this destination.
+	panicOnDone string
 }
 
 func newFakeSpool() *fakeSpool {
 	return &fakeSpool{raw: map[string][]byte{}, ledger: map[string]spool.LedgerEntry{}, claims: map[string]string{}, attempts: map[string]int{}}
 }
 
-func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string) (spool.Claim, error) {
+func (s *fakeSpool) ClaimDelivery(_ context.Context, key, dest, id string, first spool.Intent) (c spool.Claim, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if dest == s.panicOnClaim {
-		panic("claim of " + dest)
-	}
+	// As the spool: the holder's first intent is recorded with the claim,
+	// after the ledger is read.
+	defer func() {
+		if c.Holder == id && first.Part != "" {
+			k := id + "|" + dest + "|" + first.Part
+			if e, ok := s.ledger[k]; !ok || e.IntentAt.IsZero() {
+				e.MessageID, e.Dest, e.Part, e.ChannelID, e.IntentAt = id, dest, first.Part, first.ChannelID, time.Now()
+				s.ledger[k] = e
+			}
+		}
+	}()
 	if owner, ok := s.claims[key+"|"+dest]; ok {
 		c := spool.Claim{Holder: owner, HolderState: spool.StateRetrying}
 		if owner == id {
@@ -106,6 +114,9 @@ func (s *fakeSpool) LedgerIntent(_ context.Context, m, d, p, ch string) error {
 func (s *fakeSpool) LedgerDone(_ context.Context, m, d, p, post string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if d == s.panicOnDone {
+		panic("recording a post to " + d)
+	}
 	k := m + "|" + d + "|" + p
 	e := s.ledger[k]
 	if e.PostID != "" && e.PostID != post {
@@ -624,7 +635,7 @@ func TestOverlappingFirstAttemptDoesNotRepost(t *testing.T) {
 // gets it without a reconciliation.
 func TestPanicKeepsTheAttemptsPosts(t *testing.T) {
 	h := newHarness(t)
-	h.sp.panicOnClaim = "dm:bob"
+	h.sp.panicOnDone = "dm:alice" // recording alice's post, before bob's claim
 	out := h.handle("q1", "jira-svc@tools.test", []string{"alice@corp.test", "bob@corp.test"}, mkMail("panics", "x"))
 	if out.Kind != spool.OutcomeRetry || !strings.Contains(out.Reason, "panic") {
 		t.Fatalf("outcome %+v, want a retry saying panic", out)

@@ -438,12 +438,23 @@ type Claim struct {
 	Ledger []LedgerEntry
 }
 
+// Intent is a part a delivery is about to post, and where.
+type Intent struct {
+	Part, ChannelID string
+}
+
 // ClaimDelivery makes msgID the one message that posts the mail identified
 // by mailKey (a hash of its Message-ID) to dest, unless another message
 // already claimed it, and says who holds the claim. A claim lasts as long
-// as its message, or Retention after it was made.
-func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string) (Claim, error) {
-	holder, ledger, err := sqlClaimDelivery(ctx, s.q, s.q.postgres(), mailKey, dest, msgID, s.now())
+// as its message, or Retention after it was made. When msgID holds it and
+// first.Part is set, the intent to post that part is recorded with the
+// claim, as LedgerIntent would; Claim.Ledger is then the destination's
+// ledger as it was before.
+func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string, first Intent) (Claim, error) {
+	if first.Part != "" && dest == "" {
+		return Claim{}, fault.New(fault.Invalid, "bad_ledger_key", "ledger dest and part are required")
+	}
+	holder, ledger, err := sqlClaimDelivery(ctx, s.q, s.q.postgres(), mailKey, dest, msgID, first, s.now())
 	if err != nil {
 		return Claim{}, dbErr(err)
 	}

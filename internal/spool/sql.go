@@ -619,12 +619,20 @@ func sqlLedgerGet(ctx context.Context, q dbtx, msgID, dest, part string) (Ledger
 	return scanLedger(q.QueryRowContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ? AND dest = ? AND part = ?`, msgID, dest, part))
 }
 
-func sqlLedgerIntent(ctx context.Context, q dbtx, msgID, dest, part, channelID string, now time.Time) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO ledger (message_id, dest, part, channel_id, intent_at) VALUES (?, ?, ?, ?, ?)
+// ledgerIntentSQL records intents given by rows (message_id, dest, part,
+// channel_id, intent_at): the first intent_at is kept, a non-empty channel
+// replaces the stored one.
+func ledgerIntentSQL(rows string) string {
+	return `INSERT INTO ledger (message_id, dest, part, channel_id, intent_at) ` + rows + `
 		ON CONFLICT (message_id, dest, part) DO UPDATE SET
 			channel_id = CASE WHEN excluded.channel_id <> '' THEN excluded.channel_id ELSE ledger.channel_id END,
-			intent_at = coalesce(ledger.intent_at, excluded.intent_at)`,
-		msgID, dest, part, channelID, toDB(now))
+			intent_at = coalesce(ledger.intent_at, excluded.intent_at)`
+}
+
+var ledgerIntentOneSQL = ledgerIntentSQL(`VALUES (?, ?, ?, ?, ?)`)
+
+func sqlLedgerIntent(ctx context.Context, q dbtx, msgID, dest, part, channelID string, now time.Time) error {
+	_, err := q.ExecContext(ctx, ledgerIntentOneSQL, msgID, dest, part, channelID, toDB(now))
 	return err
 }
 
@@ -691,15 +699,20 @@ const claimDeliverySQL = `INSERT INTO claims (mail_key, dest, message_id, at) VA
 	ON CONFLICT (mail_key, dest) DO UPDATE SET mail_key = excluded.mail_key
 	RETURNING message_id`
 
-// claimDeliveryPGSQL claims and reads the claimant's ledger entries for the
-// destination in one statement (a row of NULLs when there are none).
-var claimDeliveryPGSQL = `WITH c AS (` + claimDeliverySQL + `)
+// claimDeliveryPGSQL claims, records the holder's intent (when it is the
+// claimant and a part is given) and reads the claimant's ledger entries
+// for the destination as they were before, in one statement (a row of
+// NULLs when there are none: the SELECT does not see the INSERTs).
+var claimDeliveryPGSQL = `WITH c AS (` + claimDeliverySQL + `),
+	i AS (` + ledgerIntentSQL(`SELECT c.message_id, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT) FROM c
+		WHERE c.message_id = CAST(? AS TEXT) AND CAST(? AS TEXT) <> ''`) + `)
 	SELECT c.message_id, ` + prefixCols("l.", ledgerCols) + ` FROM c
 	LEFT JOIN ledger l ON l.message_id = CAST(? AS TEXT) AND l.dest = CAST(? AS TEXT)`
 
-// sqlClaimDelivery returns the claim's holder and msgID's ledger entries
-// for dest (read with the claim: on PostgreSQL in the same statement).
-func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID string, now time.Time) (string, []LedgerEntry, error) {
+// sqlClaimDelivery claims, records first's intent if msgID holds the
+// claim, and returns the holder and msgID's ledger entries for dest as
+// they were before (on PostgreSQL in one statement).
+func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID string, first Intent, now time.Time) (string, []LedgerEntry, error) {
 	if !pg {
 		var owner string
 		if err := q.QueryRowContext(ctx, claimDeliverySQL, mailKey, dest, msgID, toDB(now)).Scan(&owner); err != nil {
@@ -718,9 +731,19 @@ func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID
 			}
 			es = append(es, e)
 		}
-		return owner, es, rows.Err()
+		if err := rows.Err(); err != nil {
+			return "", nil, err
+		}
+		_ = rows.Close()
+		if owner == msgID && first.Part != "" {
+			if err := sqlLedgerIntent(ctx, q, msgID, dest, first.Part, first.ChannelID, now); err != nil {
+				return "", nil, err
+			}
+		}
+		return owner, es, nil
 	}
-	rows, err := q.QueryContext(ctx, claimDeliveryPGSQL, mailKey, dest, msgID, toDB(now), msgID, dest)
+	rows, err := q.QueryContext(ctx, claimDeliveryPGSQL, mailKey, dest, msgID, toDB(now),
+		dest, first.Part, first.ChannelID, toDB(now), msgID, first.Part, msgID, dest)
 	if err != nil {
 		return "", nil, err
 	}

@@ -900,7 +900,7 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	waitState(t, s, b, spool.StatePosted)
 	claims := func(dest, id string) spool.Claim {
 		t.Helper()
-		c, err := s.ClaimDelivery(ctx, "mail-1", dest, id)
+		c, err := s.ClaimDelivery(ctx, "mail-1", dest, id, spool.Intent{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -951,6 +951,25 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	if c := claims("dm:erin", b); len(c.Ledger) != 0 {
 		t.Fatalf("a claim another message holds read %+v", c.Ledger)
 	}
+	// A claim with a first intent records it for its holder only, and
+	// reads the ledger as it was before.
+	c, err := s.ClaimDelivery(ctx, "mail-1", "dm:fred", a, spool.Intent{Part: "body/0", ChannelID: "ch-fred"})
+	if err != nil || c.Holder != a || len(c.Ledger) != 0 {
+		t.Fatalf("first claim with an intent: %+v, %v; want held by %s, an empty ledger read", c, err, a)
+	}
+	if e, ok, err := s.LedgerGet(ctx, a, "dm:fred", "body/0"); err != nil || !ok || e.IntentAt.IsZero() || e.ChannelID != "ch-fred" || e.PostID != "" {
+		t.Fatalf("intent recorded with the claim: %+v %v %v", e, ok, err)
+	}
+	c, err = s.ClaimDelivery(ctx, "mail-1", "dm:fred", a, spool.Intent{Part: "body/0", ChannelID: "ch-fred"})
+	if err != nil || len(c.Ledger) != 1 || c.Ledger[0].IntentAt.IsZero() || c.Ledger[0].PostID != "" {
+		t.Fatalf("second claim with an intent: %+v, %v; want the earlier intent read", c, err)
+	}
+	if c, err := s.ClaimDelivery(ctx, "mail-1", "dm:fred", b, spool.Intent{Part: "body/0", ChannelID: "ch-b"}); err != nil || c.Holder != a {
+		t.Fatalf("another message's claim with an intent: %+v, %v", c, err)
+	}
+	if _, ok, err := s.LedgerGet(ctx, b, "dm:fred", "body/0"); err != nil || ok {
+		t.Fatalf("an intent recorded for a message that does not hold the claim: %v %v", ok, err)
+	}
 	// A quarantined holder without a post there has not delivered; a posted one has.
 	if c := claims("dm:alice", b); c.Delivered || c.HolderState != spool.StateQuarantined {
 		t.Fatalf("claim held by the quarantined %s: %+v, want not delivered", a, c)
@@ -959,7 +978,7 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 		t.Fatalf("claim held by the posted %s: %+v, want delivered", b, c)
 	}
 	// Deleting the holder (an operator's quarantine delete) frees its claims.
-	if _, err := s.ClaimDelivery(ctx, "mail-1", "dm:carol", a); err != nil {
+	if _, err := s.ClaimDelivery(ctx, "mail-1", "dm:carol", a, spool.Intent{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Delete(ctx, a); err != nil {
