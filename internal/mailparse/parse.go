@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"os"
@@ -194,8 +195,10 @@ func (p *parser) warn(format string, args ...any) {
 }
 
 func (p *parser) run(r io.Reader) error {
-	hash := sha256.New()
-	src := countingReader{r: io.TeeReader(r, hash), n: &p.seen}
+	// The raw message's hash names a message without a Message-ID; one
+	// with it is not hashed past the header.
+	sum := &hashSink{h: sha256.New()}
+	src := countingReader{r: io.TeeReader(r, sum), n: &p.seen}
 	br := getReader(src)
 	defer putReader(br)
 	if peek, _ := br.Peek(readBufSize); bytes.IndexByte(peek, '\n') < 0 && bytes.IndexByte(peek, '\r') >= 0 {
@@ -209,6 +212,7 @@ func (p *parser) run(r io.Reader) error {
 	if err != nil {
 		return fault.Wrap(fault.Temporary, "read_failed", "reading the message failed", err)
 	}
+	sum.off = messageIDOf(h) != ""
 	body := br
 	if leftover != nil {
 		if len(h) == 0 {
@@ -238,7 +242,7 @@ func (p *parser) run(r io.Reader) error {
 	if len(h) == 0 && strings.TrimSpace(m.Text) == "" && len(m.Attachments) == 0 {
 		return fault.New(fault.Invalid, "unreadable_message", "the message has neither a header nor text")
 	}
-	p.fillHeader(h, hex.EncodeToString(hash.Sum(nil)))
+	p.fillHeader(h, func() string { return hex.EncodeToString(sum.h.Sum(nil)) })
 	markInline(m)
 	if p.warnMore > 0 {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("%d more warnings not shown", p.warnMore))
@@ -246,7 +250,33 @@ func (p *parser) run(r io.Reader) error {
 	return nil
 }
 
-func (p *parser) fillHeader(h header, digest string) {
+// hashSink hashes what is written to it until it is turned off.
+type hashSink struct {
+	h   hash.Hash
+	off bool
+}
+
+func (s *hashSink) Write(b []byte) (int, error) {
+	if !s.off {
+		s.h.Write(b)
+	}
+	return len(b), nil
+}
+
+// messageIDOf is the Message-ID of a header, "" when it has none usable.
+func messageIDOf(h header) string {
+	if ids := parseIDs(h.Get("Message-ID")); len(ids) > 0 {
+		return ids[0]
+	}
+	if v := stripAngle(unfold(h.Get("Message-ID"))); v != "" && !strings.ContainsAny(v, " \t") {
+		return cleanString(v)
+	}
+	return ""
+}
+
+// fillHeader sets the header fields of the message; digest (the raw
+// message's hash) is called only when the header has no Message-ID.
+func (p *parser) fillHeader(h header, digest func() string) {
 	m := p.msg
 	m.Header = make(map[string][]string, len(h))
 	cs := p.charsets
@@ -266,13 +296,8 @@ func (p *parser) fillHeader(h header, digest string) {
 		}
 		m.Date = t
 	}
-	if ids := parseIDs(h.Get("Message-ID")); len(ids) > 0 {
-		m.MessageID = ids[0]
-	} else if v := stripAngle(unfold(h.Get("Message-ID"))); v != "" && !strings.ContainsAny(v, " \t") {
-		m.MessageID = cleanString(v)
-	}
-	if m.MessageID == "" {
-		m.MessageID = digest[:32] + "@mmgate.generated"
+	if m.MessageID = messageIDOf(h); m.MessageID == "" {
+		m.MessageID = digest()[:32] + "@mmgate.generated"
 		m.MessageIDGenerated = true
 	}
 	m.InReplyTo = parseIDs(h.Get("In-Reply-To"))

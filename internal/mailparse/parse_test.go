@@ -176,6 +176,11 @@ func TestGeneratedMessageID(t *testing.T) {
 		!strings.HasSuffix(a.MessageID, "@mmgate.generated") {
 		t.Errorf("generated ids %q %q %q", a.MessageID, b.MessageID, c.MessageID)
 	}
+	// The whole message counts, past what the parser reads ahead.
+	big := raw + strings.Repeat("long line of text\r\n", 10000)
+	if d, e := mustParse(t, big, Options{}), mustParse(t, big+"!", Options{}); d.MessageID == e.MessageID {
+		t.Errorf("messages differing at byte %d have one generated id %q", len(big), d.MessageID)
+	}
 }
 
 func TestUnusableInput(t *testing.T) {
