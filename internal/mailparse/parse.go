@@ -226,7 +226,8 @@ func (p *parser) run(r io.Reader) error {
 	if err := p.entity(h, body, "", "text/plain", 0); err != nil {
 		return err
 	}
-	// Hash everything, including what no part consumed.
+	// Read everything (hashed when there is no Message-ID), including what
+	// no part consumed.
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return fault.Wrap(fault.Temporary, "read_failed", "reading the message failed", err)
 	}

@@ -137,7 +137,10 @@ type fakeMM struct {
 	// failCreateAfterStore makes the next CreatePost store the post and then
 	// fail as if the answer was lost.
 	failCreateAfterStore bool
-	failWith             error
+	// lostAnswerAt does the same for the post with this number (1-based,
+	// counting every post made).
+	lostAnswerAt int
+	failWith     error
 }
 
 func newFakeMM() *fakeMM {
@@ -203,7 +206,7 @@ func (f *fakeMM) CreatePost(_ context.Context, p *mattermost.Post) (*mattermost.
 	cp.ID = fmt.Sprintf("post%d", len(f.posts))
 	cp.CreateAt = time.Now().UnixMilli()
 	f.posts = append(f.posts, cp)
-	if f.failCreateAfterStore {
+	if f.failCreateAfterStore || len(f.posts) == f.lostAnswerAt {
 		f.failCreateAfterStore = false
 		return nil, fmt.Errorf("read tcp: connection reset by peer")
 	}
@@ -354,6 +357,36 @@ func TestTwelveAttachmentsMakeTwoPostsInOneThread(t *testing.T) {
 	for i := 0; i < 12; i++ {
 		if !names[fmt.Sprintf("f%02d.txt", i)] {
 			t.Errorf("f%02d.txt not uploaded", i)
+		}
+	}
+}
+
+// A lost answer for a destination's second post (its intent written by the
+// relay, not by the claim) is reconciled too, with and without a
+// Message-ID (with one, the delivery claim reads the ledger for the first
+// part only).
+func TestLostAnswerOfALaterPartIsReconciled(t *testing.T) {
+	for _, withID := range []bool{false, true} {
+		h := newHarness(t)
+		h.mm.lostAnswerAt = 2
+		var b strings.Builder
+		b.WriteString("From: jira-svc@tools.test\r\nTo: alice@corp.test\r\nSubject: files\r\n")
+		if withID {
+			b.WriteString("Message-ID: <files@tools.test>\r\n")
+		}
+		b.WriteString("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n")
+		for i := 0; i < 12; i++ {
+			fmt.Fprintf(&b, "--XX\r\nContent-Type: text/plain; name=\"f%02d.txt\"\r\nContent-Disposition: attachment; filename=\"f%02d.txt\"\r\n\r\ncontent %d\r\n", i, i, i)
+		}
+		b.WriteString("--XX--\r\n")
+		if out := h.handle("l1", "jira-svc@tools.test", []string{"alice@corp.test"}, b.String()); out.Kind != spool.OutcomeRetry {
+			t.Fatalf("Message-ID %v: want a retry after the lost answer, got %+v", withID, out)
+		}
+		if out := h.handle("l1", "jira-svc@tools.test", []string{"alice@corp.test"}, b.String()); out.Kind != spool.OutcomePosted {
+			t.Fatalf("Message-ID %v: second attempt %+v", withID, out)
+		}
+		if len(h.mm.posts) != 2 || !strings.Contains(strings.Join(h.sp.events, "\n"), "files/1 was already posted") {
+			t.Errorf("Message-ID %v: %d posts (want 2), events %v", withID, len(h.mm.posts), h.sp.events)
 		}
 	}
 }

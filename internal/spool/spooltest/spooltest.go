@@ -948,7 +948,10 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 			t.Errorf("files/1 (intent only) read with the claim: %+v", e)
 		}
 	}
-	if c := claims("dm:erin", b); len(c.Ledger) != 0 {
+	if err := s.LedgerIntent(ctx, b, "dm:erin", "body/0", "ch"); err != nil {
+		t.Fatal(err)
+	}
+	if c := claims("dm:erin", b); c.Holder != a || len(c.Ledger) != 0 {
 		t.Fatalf("a claim another message holds read %+v", c.Ledger)
 	}
 	// A claim with a first intent records it for its holder only, and
@@ -960,9 +963,13 @@ func testClaims(t *testing.T, newStorage NewStorage) {
 	if e, ok, err := s.LedgerGet(ctx, a, "dm:fred", "body/0"); err != nil || !ok || e.IntentAt.IsZero() || e.ChannelID != "ch-fred" || e.PostID != "" {
 		t.Fatalf("intent recorded with the claim: %+v %v %v", e, ok, err)
 	}
-	c, err = s.ClaimDelivery(ctx, "mail-1", "dm:fred", a, spool.Intent{Part: "body/0", ChannelID: "ch-fred"})
-	if err != nil || len(c.Ledger) != 1 || c.Ledger[0].IntentAt.IsZero() || c.Ledger[0].PostID != "" {
+	first, _, _ := s.LedgerGet(ctx, a, "dm:fred", "body/0")
+	c, err = s.ClaimDelivery(ctx, "mail-1", "dm:fred", a, spool.Intent{Part: "body/0", ChannelID: "ch-fred2"})
+	if err != nil || len(c.Ledger) != 1 || c.Ledger[0].IntentAt.IsZero() || c.Ledger[0].PostID != "" || c.Ledger[0].ChannelID != "ch-fred" {
 		t.Fatalf("second claim with an intent: %+v, %v; want the earlier intent read", c, err)
+	}
+	if e, _, err := s.LedgerGet(ctx, a, "dm:fred", "body/0"); err != nil || !e.IntentAt.Equal(first.IntentAt) || e.ChannelID != "ch-fred2" {
+		t.Fatalf("after a second intent: %+v, %v; want the first time kept, the new channel", e, err)
 	}
 	if c, err := s.ClaimDelivery(ctx, "mail-1", "dm:fred", b, spool.Intent{Part: "body/0", ChannelID: "ch-b"}); err != nil || c.Holder != a {
 		t.Fatalf("another message's claim with an intent: %+v, %v", c, err)
