@@ -41,15 +41,24 @@ var inlineBufs = sync.Pool{New: func() any { b := make([]byte, inlineMax); retur
 // readHead reads body into buf until EOF or buf is full; whole reports
 // whether the body ended within buf (a body of exactly len(buf) bytes is not
 // whole: there may be more).
+//
+// Only io.EOF ends the body. io.ReadFull is not used: it reports a short
+// body as io.ErrUnexpectedEOF, the same error a reader gives when its
+// stream breaks (an HTTP body whose client hung up), and a truncated
+// message would have been stored as whole.
 func readHead(body io.Reader, buf []byte) (head []byte, whole bool, err error) {
-	n, err := io.ReadFull(body, buf)
-	switch {
-	case err == nil:
-		return buf[:n], false, nil
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		return buf[:n], true, nil
+	n := 0
+	for n < len(buf) {
+		m, err := body.Read(buf[n:])
+		n += m
+		switch {
+		case errors.Is(err, io.EOF):
+			return buf[:n], true, nil
+		case err != nil:
+			return nil, false, &bodyError{err}
+		}
 	}
-	return nil, false, &bodyError{err}
+	return buf[:n], false, nil
 }
 
 // putError maps a failure to read or store a body to the error Accept returns.

@@ -304,6 +304,12 @@ func TestAcceptBodyErrors(t *testing.T) {
 	if !fault.Is(err, fault.Temporary) || fault.CodeOf(err) != "body_read_failed" {
 		t.Fatalf("reader error: %v, want temporary body_read_failed", err)
 	}
+	// A stream that breaks with io.ErrUnexpectedEOF (an HTTP body whose
+	// client hung up) is not a short message: nothing is stored.
+	_, err = s.Accept(context.Background(), Envelope{}, io.MultiReader(strings.NewReader("From: x\r\n"), &failReader{io.ErrUnexpectedEOF}))
+	if fault.CodeOf(err) != "body_read_failed" {
+		t.Fatalf("a broken stream: %v, want body_read_failed", err)
+	}
 	o2 := testOpts(t, nil)
 	o2.BodyLimit = inlineMax + 10
 	s2 := mustOpen(t, o2)
