@@ -196,8 +196,8 @@ func (r *Relay) Handle(ctx context.Context, msg spool.Message) (out spool.Outcom
 
 // attempt is what one delivery attempt hands to its outcome besides the
 // history: what it learned of the message, and its posts the ledger does
-// not have yet (each post is recorded before the next intent; the last
-// ones go with the outcome, one commit fewer per message).
+// not have yet (each post is recorded before the next delivery claim or
+// intent; the last ones go with the outcome, one commit fewer per message).
 type attempt struct {
 	info  spool.Info
 	posts []spool.Post

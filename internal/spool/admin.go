@@ -45,6 +45,21 @@ func (s *Spool) withTx(ctx context.Context, fn func(tx txn) error) error {
 	return nil
 }
 
+// oneCommit runs fn as one commit: on PostgreSQL fn is one statement (with
+// data-modifying WITHs) on the pool, on SQLite, which has no such WITH, fn's
+// statements run in a transaction. Errors map as withTx's.
+func (s *Spool) oneCommit(ctx context.Context, fn func(q dbtx, pg bool) error) error {
+	if !s.q.postgres() {
+		return s.withTx(ctx, func(tx txn) error { return fn(tx, false) })
+	}
+	err := fn(s.q, true)
+	var fe *fault.Error
+	if err == nil || errors.As(err, &fe) {
+		return err
+	}
+	return dbErr(err)
+}
+
 // getRow loads a message row, mapping absence to fault.NotFound.
 func getRow(ctx context.Context, q dbtx, id string) (msgRow, error) {
 	if !validID(id) {
@@ -454,9 +469,17 @@ func (s *Spool) ClaimDelivery(ctx context.Context, mailKey, dest, msgID string, 
 	if first.Part != "" && dest == "" {
 		return Claim{}, fault.New(fault.Invalid, "bad_ledger_key", "ledger dest and part are required")
 	}
-	holder, ledger, err := sqlClaimDelivery(ctx, s.q, s.q.postgres(), mailKey, dest, msgID, first, s.now())
+	var (
+		holder string
+		ledger []LedgerEntry
+	)
+	err := s.oneCommit(ctx, func(q dbtx, pg bool) error {
+		var err error
+		holder, ledger, err = sqlClaimDelivery(ctx, q, pg, mailKey, dest, msgID, first, s.now())
+		return err
+	})
 	if err != nil {
-		return Claim{}, dbErr(err)
+		return Claim{}, err
 	}
 	c := Claim{Holder: holder}
 	if holder == msgID {

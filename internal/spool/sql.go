@@ -398,21 +398,34 @@ type finish struct {
 	posts             []Post
 }
 
-// sqlFinish records a delivery outcome and its events on a queued/retrying
-// message and returns the message's current job; ok is false (and nothing
-// is written) if the message is no longer queued/retrying. (During a
-// delivery only an operator's Retry can change the message, and only its
-// job, so the outcome still applies.) On PostgreSQL (tx nil) it is one
-// statement on q; SQLite has no data-modifying WITH, so there both
-// statements run in tx.
-func sqlFinish(ctx context.Context, q dbtx, tx txn, f finish) (jobID int64, app string, ok bool, err error) {
+// finishPGSQL is finishSQL with the attempt's events and the ledger's
+// posts in one statement. The ledger's CTE does not depend on u: the posts
+// exist whatever became of the message (a message that is gone fails the
+// foreign key, and the whole statement with it).
+var finishPGSQL = `WITH u AS (` + finishSQL + `),
+	e AS (INSERT INTO events (message_id, at, kind, detail)
+		SELECT u.id, x.at, x.kind, x.detail FROM u,
+			unnest(CAST(? AS BIGINT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) WITH ORDINALITY AS x(at, kind, detail, n)
+		ORDER BY x.n),
+	l AS (` + ledgerDoneSQL(`SELECT CAST(? AS TEXT), x.dest, x.part, x.post, CAST(? AS BIGINT), CAST(? AS BIGINT)
+		FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS x(dest, part, post)`) + `)
+	SELECT id, job_id, app FROM u`
+
+// sqlFinish records a delivery outcome, its events and its posts on a
+// queued/retrying message and returns the message's current job; ok is
+// false (and only the posts are written) if the message is no longer
+// queued/retrying. (During a delivery only an operator's Retry can change
+// the message, and only its job, so the outcome still applies.) On
+// PostgreSQL it is one statement; on SQLite q is the transaction that
+// holds them all (see Spool.oneCommit).
+func sqlFinish(ctx context.Context, q dbtx, pg bool, f finish) (jobID int64, app string, ok bool, err error) {
 	args := []any{string(f.state), f.lastError, f.reason, nullTime(f.nextTry), toDB(f.now),
 		f.info.App, f.info.App, f.info.Subject, f.info.Subject, f.info.MessageID, f.info.MessageID, f.id}
 	var (
 		job sql.NullInt64
 		id  string
 	)
-	if tx == nil {
+	if pg {
 		ats := make([]int64, len(f.events))
 		kinds := make([]string, len(f.events))
 		details := make([]string, len(f.events))
@@ -429,31 +442,20 @@ func sqlFinish(ctx context.Context, q dbtx, tx txn, f finish) (jobID int64, app 
 				dests, parts, postIDs = append(dests, p.Dest), append(parts, p.Part), append(postIDs, p.PostID)
 			}
 		}
-		// The ledger's CTE does not depend on u: the posts exist whatever
-		// became of the message (a message that is gone fails the foreign
-		// key, and the whole statement with it).
-		err = q.QueryRowContext(ctx, `WITH u AS (`+finishSQL+`),
-			e AS (INSERT INTO events (message_id, at, kind, detail)
-				SELECT u.id, x.at, x.kind, x.detail FROM u,
-					unnest(CAST(? AS BIGINT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) WITH ORDINALITY AS x(at, kind, detail, n)
-				ORDER BY x.n),
-			l AS (`+ledgerDoneSQL(`SELECT CAST(? AS TEXT), x.dest, x.part, x.post, CAST(? AS BIGINT), CAST(? AS BIGINT)
-				FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS x(dest, part, post)`)+`)
-			SELECT id, job_id, app FROM u`,
+		err = q.QueryRowContext(ctx, finishPGSQL,
 			append(args, ats, kinds, details, f.id, toDB(f.now), toDB(f.now), dests, parts, postIDs)...).Scan(&id, &job, &app)
 	} else {
 		for _, p := range f.posts {
-			if _, err := sqlLedgerDone(ctx, tx, f.id, p.Dest, p.Part, p.PostID, f.now); err != nil {
+			if _, err := sqlLedgerDone(ctx, q, f.id, p.Dest, p.Part, p.PostID, f.now); err != nil {
 				return 0, "", false, err
 			}
 		}
-		err = tx.QueryRowContext(ctx, finishSQL, args...).Scan(&id, &job, &app)
-		if err == nil && len(f.events) > 0 {
-			evs := make([][]any, len(f.events))
-			for i, e := range f.events {
-				evs[i] = []any{f.id, toDB(e.At), e.Kind, e.Detail}
+		err = q.QueryRowContext(ctx, finishSQL, args...).Scan(&id, &job, &app)
+		for _, e := range f.events {
+			if err != nil {
+				break
 			}
-			err = tx.execMany(ctx, insertEventSQL, evs)
+			_, err = q.ExecContext(ctx, insertEventSQL, f.id, toDB(e.At), e.Kind, e.Detail)
 		}
 	}
 	if errors.Is(err, sql.ErrNoRows) {
@@ -636,8 +638,6 @@ func sqlLedgerIntent(ctx context.Context, q dbtx, msgID, dest, part, channelID s
 	return err
 }
 
-// sqlLedgerDone records the post id unless a different one is already recorded
-// (then it reports false).
 // ledgerDoneSQL records posts given by rows (message_id, dest, part,
 // post_id, intent_at, done_at): a part's first post id is kept.
 func ledgerDoneSQL(rows string) string {
@@ -650,6 +650,8 @@ func ledgerDoneSQL(rows string) string {
 
 var ledgerDoneOneSQL = ledgerDoneSQL(`VALUES (?, ?, ?, ?, ?, ?)`)
 
+// sqlLedgerDone records the post id unless a different one is already recorded
+// (then it reports false).
 func sqlLedgerDone(ctx context.Context, q dbtx, msgID, dest, part, postID string, now time.Time) (bool, error) {
 	res, err := q.ExecContext(ctx, ledgerDoneOneSQL, msgID, dest, part, postID, toDB(now), toDB(now))
 	if err != nil {
@@ -660,8 +662,13 @@ func sqlLedgerDone(ctx context.Context, q dbtx, msgID, dest, part, postID string
 }
 
 func sqlLedgerList(ctx context.Context, q dbtx, msgID string) ([]LedgerEntry, error) {
-	rows, err := q.QueryContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ?
+	return queryLedger(ctx, q, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ?
 		ORDER BY coalesce(intent_at, done_at), dest, part`, msgID)
+}
+
+// queryLedger runs a query of ledgerCols and scans every row.
+func queryLedger(ctx context.Context, q dbtx, query string, args ...any) ([]LedgerEntry, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -701,40 +708,30 @@ const claimDeliverySQL = `INSERT INTO claims (mail_key, dest, message_id, at) VA
 
 // claimDeliveryPGSQL claims, records the holder's intent (when it is the
 // claimant and a part is given) and reads the claimant's ledger entries
-// for the destination as they were before, in one statement (a row of
-// NULLs when there are none: the SELECT does not see the INSERTs).
+// for the destination as they were before, in one statement: the SELECT
+// does not see the INSERTs. Without entries its one row has empty strings and
+// NULLs); the holder comes last, after ledgerCols.
 var claimDeliveryPGSQL = `WITH c AS (` + claimDeliverySQL + `),
 	i AS (` + ledgerIntentSQL(`SELECT c.message_id, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT) FROM c
 		WHERE c.message_id = CAST(? AS TEXT) AND CAST(? AS TEXT) <> ''`) + `)
-	SELECT c.message_id, ` + prefixCols("l.", ledgerCols) + ` FROM c
+	SELECT coalesce(l.message_id, ''), coalesce(l.dest, ''), coalesce(l.part, ''), coalesce(l.channel_id, ''),
+		coalesce(l.post_id, ''), l.intent_at, l.done_at, c.message_id FROM c
 	LEFT JOIN ledger l ON l.message_id = CAST(? AS TEXT) AND l.dest = CAST(? AS TEXT)`
 
 // sqlClaimDelivery claims, records first's intent if msgID holds the
 // claim, and returns the holder and msgID's ledger entries for dest as
-// they were before (on PostgreSQL in one statement).
+// they were before: on PostgreSQL in one statement, on SQLite in q, the
+// transaction that holds the three (see Spool.oneCommit).
 func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID string, first Intent, now time.Time) (string, []LedgerEntry, error) {
 	if !pg {
 		var owner string
 		if err := q.QueryRowContext(ctx, claimDeliverySQL, mailKey, dest, msgID, toDB(now)).Scan(&owner); err != nil {
 			return "", nil, err
 		}
-		rows, err := q.QueryContext(ctx, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ? AND dest = ?`, msgID, dest)
+		es, err := queryLedger(ctx, q, `SELECT `+ledgerCols+` FROM ledger WHERE message_id = ? AND dest = ?`, msgID, dest)
 		if err != nil {
 			return "", nil, err
 		}
-		defer rows.Close()
-		var es []LedgerEntry
-		for rows.Next() {
-			e, err := scanLedger(rows)
-			if err != nil {
-				return "", nil, err
-			}
-			es = append(es, e)
-		}
-		if err := rows.Err(); err != nil {
-			return "", nil, err
-		}
-		_ = rows.Close()
 		if owner == msgID && first.Part != "" {
 			if err := sqlLedgerIntent(ctx, q, msgID, dest, first.Part, first.ChannelID, now); err != nil {
 				return "", nil, err
@@ -753,16 +750,12 @@ func sqlClaimDelivery(ctx context.Context, q dbtx, pg bool, mailKey, dest, msgID
 		es    []LedgerEntry
 	)
 	for rows.Next() {
-		var (
-			m, d, part, ch, post sql.NullString
-			intent, doneAt       sql.NullInt64
-		)
-		if err := rows.Scan(&owner, &m, &d, &part, &ch, &post, &intent, &doneAt); err != nil {
+		e, err := scanLedger(withExtra(rows, &owner))
+		if err != nil {
 			return "", nil, err
 		}
-		if part.Valid {
-			es = append(es, LedgerEntry{MessageID: m.String, Dest: d.String, Part: part.String, ChannelID: ch.String,
-				PostID: post.String, IntentAt: fromNull(intent), DoneAt: fromNull(doneAt)})
+		if e.Part != "" {
+			es = append(es, e)
 		}
 	}
 	if err := rows.Err(); err != nil {

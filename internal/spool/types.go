@@ -108,8 +108,8 @@ type Outcome struct {
 	// posts), written with the outcome in one transaction.
 	Events []Event
 	// Posts are posts the attempt made that the ledger does not have yet
-	// (the relay records each post before it writes its next intent, and
-	// hands the last ones over here): they are recorded as LedgerDone
+	// (the relay records each post before its next delivery claim or
+	// intent, and hands the last ones over here): they are recorded as LedgerDone
 	// would, with the outcome, even when the outcome no longer applies
 	// (unless the message is gone).
 	Posts []Post

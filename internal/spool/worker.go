@@ -82,22 +82,12 @@ func (s *Spool) deliver(ctx context.Context, job *river.Job[deliverArgs]) error 
 // round trip).
 func (s *Spool) claim(ctx context.Context, id string, jobID int64) (msgRow, bool, error) {
 	now := s.now()
-	var (
-		r   msgRow
-		err error
-	)
-	if s.q.postgres() {
-		r, err = sqlClaim(ctx, s.q, true, id, jobID, now)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			err = dbErr(err)
-		}
-	} else {
-		err = s.withTx(ctx, func(tx txn) error {
-			var err error
-			r, err = sqlClaim(ctx, tx, false, id, jobID, now)
-			return err
-		})
-	}
+	var r msgRow
+	err := s.oneCommit(ctx, func(q dbtx, pg bool) error {
+		var err error
+		r, err = sqlClaim(ctx, q, pg, id, jobID, now)
+		return err
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return msgRow{}, false, nil
 	}
@@ -204,20 +194,12 @@ func (s *Spool) applyOutcome(ctx context.Context, job *river.Job[deliverArgs], r
 		applied    bool
 		currentJob int64
 		app        string
-		err        error
 	)
-	if s.q.postgres() {
-		currentJob, app, applied, err = sqlFinish(ctx, s.q, nil, f)
-		if err != nil {
-			err = dbErr(err)
-		}
-	} else {
-		err = s.withTx(ctx, func(tx txn) error {
-			var err error
-			currentJob, app, applied, err = sqlFinish(ctx, tx, tx, f)
-			return err
-		})
-	}
+	err := s.oneCommit(ctx, func(q dbtx, pg bool) error {
+		var err error
+		currentJob, app, applied, err = sqlFinish(ctx, q, pg, f)
+		return err
+	})
 	if fkViolation(err) {
 		// The outcome's posts name a message that is gone (deleted
 		// meanwhile): nothing was written, nothing is left to do.
