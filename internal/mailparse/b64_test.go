@@ -17,10 +17,7 @@ import (
 func TestB64ReaderMatchesTheStandardDecoder(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, size := range []int{0, 1, 2, 3, 4, 57, 1000, 32*1024 - 1, 32 * 1024, 100_000} {
-		data := make([]byte, size)
-		for i := range data {
-			data[i] = byte(r.UintN(256))
-		}
+		data := randomBytes(r, size)
 		folded := fold(base64.StdEncoding.EncodeToString(data))
 		for name, wrap := range map[string]func(io.Reader) io.Reader{
 			"whole": func(r io.Reader) io.Reader { return r }, "one byte": iotest.OneByteReader, "half": iotest.HalfReader,
@@ -72,4 +69,13 @@ func fold(enc string) string {
 	}
 	b.WriteString(enc)
 	return b.String()
+}
+
+// randomBytes returns n bytes from r.
+func randomBytes(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.UintN(256))
+	}
+	return b
 }

@@ -16,10 +16,7 @@ func TestSpillBufKeepsTheBytes(t *testing.T) {
 		total     int
 		threshold int64
 	}{{0, 1 << 20}, {1, 1 << 20}, {4 << 10, 1 << 20}, {65536, 1 << 20}, {300 << 10, 1 << 20}, {300 << 10, 100 << 10}} {
-		want := make([]byte, tc.total)
-		for i := range want {
-			want[i] = byte(rng.IntN(256))
-		}
+		want := randomBytes(rng, tc.total)
 		sb := &spillBuf{dir: t.TempDir(), threshold: tc.threshold}
 		for rest := want; len(rest) > 0; {
 			n := min(len(rest), 1+rng.IntN(40<<10))

@@ -710,7 +710,7 @@ const claimDeliverySQL = `INSERT INTO claims (mail_key, dest, message_id, at) VA
 // claimant and a part is given) and reads the claimant's ledger entries
 // for the destination as they were before, in one statement: the SELECT
 // does not see the INSERTs. Without entries its one row has empty strings and
-// NULLs); the holder comes last, after ledgerCols.
+// NULLs; the holder comes last, after ledgerCols.
 var claimDeliveryPGSQL = `WITH c AS (` + claimDeliverySQL + `),
 	i AS (` + ledgerIntentSQL(`SELECT c.message_id, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT) FROM c
 		WHERE c.message_id = CAST(? AS TEXT) AND CAST(? AS TEXT) <> ''`) + `)
